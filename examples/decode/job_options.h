@@ -1,0 +1,41 @@
+// Command line of distmla_decode (nccl-tests style), shared by the single-device and the
+// distributed job.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "distmla/distmla.h"
+
+namespace distmla::examples {
+
+struct JobOptions {
+  int batch = 8;          // -b
+  int mean_len = 512;     // -s  mean sequence length (tokens)
+  int heads = 16;         // -H  h_q
+  int s_q = 1;            // -q
+  int page_size = 64;     // -p
+  int iters = 5;          // -n
+  int warmup = 1;         // -w
+  bool check = true;      // -c 0|1
+  bool varlen = true;     // --varlen 0|1: lengths drawn around the mean
+  bool causal = true;     // --causal 0|1
+  uint64_t seed = 1;      // --seed
+  dmlaBackend_t backend = dmlaBackendAuto;  // --backend auto|cuda|cpu
+  // Distributed (mpirun -np N, or N processes with --rank/--world/--store).
+  int tp = 1;             // -t  tensor-parallel (head groups)
+  int cp = 1;             // -x  context-parallel (KV page shards)
+  std::string merge = "auto";      // -m allgather|alltoall|auto
+  std::string store;               // --store host:port (TCP store bootstrap instead of MPI)
+  int rank = -1;                   // --rank
+  int world = -1;                  // --world
+};
+
+// Returns false with *err set (naming the flag and the value) on bad input; sets *help on --help.
+bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::string* err);
+void print_job_usage(const char* argv0);
+
+int run_single_device_job(const JobOptions& opt);   // single_job.cpp
+int run_distributed_job(const JobOptions& opt);     // distributed_job.cpp
+
+}  // namespace distmla::examples

@@ -1,0 +1,50 @@
+// Device-side MLA decode: the contract between lib/ (plan/run) and the sm90 kernels.
+// Plain structs that carry the stream (FlashMLA style); nothing here allocates or syncs.
+// This header is host-compilable (no CUDA device code) so lib/ .cpp files can include it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace distmla::kernels {
+
+enum class ElemType : int { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
+
+// What the schedule and the workspace depend on (fixed at plan time).
+struct DecodeShape {
+  int batch = 0;
+  int s_q = 1;
+  int h_q = 1;
+  int page_size = 64;
+  int num_blocks = 0;
+  int max_blocks_per_seq = 0;
+  ElemType qkv_type = ElemType::kBF16;  // q and KV pool
+  ElemType out_type = ElemType::kBF16;  // out: qkv_type or fp32
+  float scale = 0.f;                    // already resolved (never 0 here)
+  bool causal = true;
+  int num_sms = 132;                    // of the device the plan was made for
+};
+
+struct DecodeTensors {
+  const void* q = nullptr;             // [batch, s_q, h_q, 576]
+  const void* kv = nullptr;            // [num_blocks, page_size, 576]
+  const int32_t* block_table = nullptr;  // [batch, max_blocks_per_seq]
+  const int32_t* seqlens = nullptr;      // [batch]
+  void* out = nullptr;                 // [batch, s_q, h_q, 512]
+  float* lse = nullptr;                // [batch, h_q, s_q]
+};
+
+// Bytes of device workspace for shape (schedule metadata + fp32 split partials), 256-aligned.
+size_t decode_workspace_bytes(const DecodeShape& shape);
+
+// Launches the whole step on stream: schedule (unless reuse_schedule), split decode, combine.
+// Returns the first CUDA error (launch errors included). Never synchronises.
+cudaError_t decode(const DecodeShape& shape, const DecodeTensors& t, void* workspace,
+                   size_t workspace_bytes, bool reuse_schedule, cudaStream_t stream);
+
+// True if kernels for this device were compiled in (sm_90a) and the device is sm_90.
+bool device_supported(int device);
+
+}  // namespace distmla::kernels
