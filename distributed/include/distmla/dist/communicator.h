@@ -1,0 +1,53 @@
+// The communicator the distributed decoder needs: byte-wise all-gather, all-to-all, broadcast,
+// barrier, an all-ranks agreement, and sub-groups (the CP and TP groups).
+// Two implementations: NCCL over device buffers (stream-ordered) and MPI over host buffers.
+// Every wait has a deadline (CommOptions::timeout_ms); a missed deadline returns
+// dmlaErrorTimeout (the NCCL communicator is aborted), never a hang.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "distmla/distmla.h"
+
+namespace distmla::dist {
+
+enum class MemSpace { kHost, kDevice };
+
+struct CommOptions {
+  int timeout_ms = 60000;  // deadline of every wait (init, collectives, teardown)
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Where collective buffers must live (device memory for NCCL, host memory for MPI).
+  virtual MemSpace memory() const = 0;
+  virtual const char* backend_name() const = 0;
+
+  // recv[size * bytes] gets every rank's send[bytes] in rank order. stream: cudaStream_t for
+  // device communicators (the call is stream-ordered and graph-capturable), ignored on the host
+  // (the call returns when the data has arrived).
+  virtual dmlaResult_t all_gather(const void* send, void* recv, size_t bytes, void* stream) = 0;
+  // send holds size chunks of bytes each; chunk p goes to rank p, which stores it at recv
+  // chunk rank().
+  virtual dmlaResult_t all_to_all(const void* send, void* recv, size_t bytes, void* stream) = 0;
+  virtual dmlaResult_t broadcast(void* buf, size_t bytes, int root, void* stream) = 0;
+  // Host-side: returns when every rank has entered (device comms also drain their work).
+  virtual dmlaResult_t barrier() = 0;
+  // Host-side agreement (two-phase commits): all_ok[i] = 1 iff every rank passed ok[i] != 0.
+  // ok and all_ok are host arrays of n bytes (may alias).
+  virtual dmlaResult_t agree(const uint8_t* ok, uint8_t* all_ok, int n) = 0;
+  // Waits (deadline) until the device work this communicator enqueued on stream finished.
+  // Host communicators return at once.
+  virtual dmlaResult_t wait(void* stream) = 0;
+
+  // Sub-group of the ranks that pass the same color, ordered by key (collective; every rank
+  // calls it). Throws distmla::Error on failure.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+};
+
+}  // namespace distmla::dist

@@ -1,0 +1,90 @@
+// Distributed MLA decode step (plan/run). Plan (the constructor) validates, splits the CP and
+// TP groups off the world communicator, plans the local single-device decode and sizes one
+// workspace; run() only launches the local decode, the exchange and the cross-rank combine:
+// nothing is allocated, and on the NCCL path a step can be captured in a CUDA graph.
+//
+// A step on each rank: attention of its TP heads over its KV pages (distmla plan/run, CUDA or
+// CPU backend) -> (o, lse) partials in bf16 (or fp32) with fp32 lse; then across the CP group
+//   - kAllGather: every rank gathers all CP partials and merges: out has the TP group's heads;
+//   - kAllToAll:  partials are exchanged by head slice and merged: out has this rank's slice.
+// A rank that holds no token of a row contributes lse = -inf, weight zero.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "distmla/dist/communicator.h"
+#include "distmla/dist/shard_plan.h"
+#include "distmla/distmla.h"
+
+namespace distmla::dist {
+
+struct DecoderConfig {
+  int batch = 0;
+  int s_q = 1;
+  int h_q = 16;              // global query heads
+  int page_size = 64;
+  int num_blocks = 1;        // blocks in THIS rank's KV pool
+  int max_blocks_per_seq = 1;  // columns of this rank's block table (local pages)
+  dmlaDataType_t dtype = dmlaBF16;          // q and KV
+  dmlaDataType_t out_dtype = dmlaBF16;      // dtype, or fp32
+  dmlaDataType_t partial_dtype = dmlaBF16;  // what travels: bf16 (default) or fp32
+  float scale = 0.f;         // 0: 1/sqrt(576)
+  bool causal = true;
+  int tp = 1;
+  int cp = 1;
+  MergeMode mode = MergeMode::kAuto;
+  // Auto: CUDA for a device communicator, CPU for a host one (anything else is rejected).
+  dmlaBackend_t backend = dmlaBackendAuto;
+  bool record_timing = false;  // per-phase timing (not while capturing a graph)
+  double mean_len_hint = 0;    // for kAuto's choice; 0: page_size * max_blocks_per_seq * cp / 2
+};
+
+// This rank's tensors, in the communicator's memory (device for NCCL, host for MPI).
+struct DecoderInputs {
+  const void* q = nullptr;            // [batch, s_q, heads().count, 576] this rank's TP heads
+  const void* kv_pool = nullptr;      // [num_blocks, page_size, 576] this rank's pool
+  const int32_t* block_table = nullptr;  // [local_batch, max_blocks_per_seq] (ShardPlan)
+  const int32_t* seqlens = nullptr;      // [local_batch] (ShardPlan::local_seqlens)
+  void* out = nullptr;                // [batch, s_q, out_heads().count, 512] out_dtype
+  float* lse = nullptr;               // [batch, out_heads().count, s_q]
+};
+
+struct StepTiming {
+  double attention_us = 0;  // local decode (+ head-slice pack)
+  double exchange_us = 0;   // all-gather / all-to-all
+  double merge_us = 0;      // cross-rank combine
+};
+
+class DistDecoder {
+ public:
+  // Collective over world (splits the CP and TP groups). Throws distmla::Error naming the
+  // argument and the value on bad configuration.
+  DistDecoder(Communicator& world, const DecoderConfig& cfg);
+  ~DistDecoder();
+  DistDecoder(const DistDecoder&) = delete;
+  DistDecoder& operator=(const DistDecoder&) = delete;
+
+  const ShardPlan& shard() const;
+  MergeMode mode() const;              // resolved (never kAuto)
+  dmlaBackend_t backend() const;       // resolved
+  Range out_heads() const;             // global heads this rank's out holds
+  int local_batch() const;
+  size_t workspace_bytes() const;
+  Communicator& cp_group();
+  Communicator& tp_group();
+
+  // One step. Validates pointers and the workspace, then launches on stream (device) or
+  // computes (host). Never synchronises the stream; allocates nothing.
+  dmlaResult_t run(const DecoderInputs& in, void* workspace, size_t workspace_bytes,
+                   void* stream = nullptr);
+  // Timing of the last run (record_timing; device: after the caller synchronised the stream).
+  dmlaResult_t last_timing(StepTiming* t) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace distmla::dist

@@ -1,0 +1,85 @@
+// A small key-value store on Boost.Asio for bootstrap without MPI (N processes started with
+// --rank --world --store host:port). Operations: set, get (waits for the key), wait, add.
+// Every call has a deadline; the client reconnects with exponential backoff; keys are
+// namespaced per client prefix (one prefix per communicator).
+//
+// Wire format (versioned, little-endian), request:
+//   u32 magic 'DMKV' | u16 version | u16 op | u32 key_len | u32 value_len | u32 timeout_ms
+//   | key | value
+// response: u32 magic | u16 version | u16 status | u32 value_len | value
+// Lengths are bounded (key <= 1 KiB, value <= 16 MiB); a bad frame closes that connection and
+// the server keeps serving the others.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distmla/distmla.h"
+
+namespace distmla::dist {
+
+namespace store_wire {
+constexpr uint32_t kMagic = 0x564B4D44u;  // "DMKV"
+constexpr uint16_t kVersion = 1;
+constexpr uint32_t kMaxKey = 1024;
+constexpr uint32_t kMaxValue = 16u << 20;
+constexpr size_t kRequestHeader = 20;
+constexpr size_t kResponseHeader = 12;
+enum Op : uint16_t { kSet = 1, kGet = 2, kWait = 3, kAdd = 4 };
+enum Status : uint16_t { kOk = 0, kTimeout = 1, kBadRequest = 2 };
+}  // namespace store_wire
+
+class TcpStoreServer {
+ public:
+  // Listens on host:port (port 0 = ephemeral) and serves from its own thread.
+  // Throws distmla::Error(dmlaErrorComm) if it cannot listen.
+  TcpStoreServer(const std::string& host, int port);
+  ~TcpStoreServer();  // stops the thread and closes every connection
+  TcpStoreServer(const TcpStoreServer&) = delete;
+  TcpStoreServer& operator=(const TcpStoreServer&) = delete;
+  int port() const;
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct StoreOptions {
+  int timeout_ms = 30000;        // default deadline of a call (connect + request + reply)
+  int backoff_initial_ms = 10;   // reconnect backoff, doubling up to backoff_max_ms
+  int backoff_max_ms = 1000;
+};
+
+class TcpStoreClient {
+ public:
+  // Does not connect yet: the first call connects (with backoff until its deadline).
+  TcpStoreClient(const std::string& host, int port, const std::string& prefix = "",
+                 const StoreOptions& opt = {});
+  ~TcpStoreClient();
+  TcpStoreClient(const TcpStoreClient&) = delete;
+  TcpStoreClient& operator=(const TcpStoreClient&) = delete;
+
+  // A client on the same server whose keys live under prefix()/sub.
+  std::unique_ptr<TcpStoreClient> scoped(const std::string& sub) const;
+  const std::string& prefix() const;
+
+  // timeout_ms < 0: the client's default. Errors: dmlaErrorTimeout (deadline),
+  // dmlaErrorComm (server gone, bad reply), dmlaErrorInvalidArgument (key/value too long).
+  dmlaResult_t set(const std::string& key, const std::vector<uint8_t>& value, int timeout_ms = -1);
+  dmlaResult_t get(const std::string& key, std::vector<uint8_t>* value, int timeout_ms = -1);
+  dmlaResult_t wait(const std::string& key, int timeout_ms = -1);
+  // Atomically adds delta to the int64 counter under key (absent = 0); *result = new value.
+  dmlaResult_t add(const std::string& key, int64_t delta, int64_t* result, int timeout_ms = -1);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Parses "host:port" (port 1..65535). Returns false with *err naming the value on bad input.
+bool parse_host_port(const std::string& s, std::string* host, int* port, std::string* err);
+
+}  // namespace distmla::dist
