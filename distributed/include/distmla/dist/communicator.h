@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "distmla/dist/error.h"
 #include "distmla/distmla.h"
 
 namespace distmla::dist {
