@@ -1,0 +1,188 @@
+// Command line of distmla_decode: nccl-tests style short flags plus long aliases.
+#include "job_options.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+namespace distmla::examples {
+
+namespace {
+
+bool parse_int64(const std::string& s, long long* v) {
+  if (s.empty()) return false;
+  errno = 0;
+  char* end = nullptr;
+  const long long x = std::strtoll(s.c_str(), &end, 10);
+  if (errno != 0 || *end != '\0') return false;
+  *v = x;
+  return true;
+}
+
+// Parses an int in [lo, hi]; on failure *err names the flag and the value.
+bool int_in(const std::string& flag, const std::string& val, long long lo, long long hi,
+            const char* what, int* out, std::string* err) {
+  long long x;
+  if (!parse_int64(val, &x) || x < lo || x > hi) {
+    *err = flag + " " + val + ": " + what;
+    return false;
+  }
+  *out = static_cast<int>(x);
+  return true;
+}
+
+bool bool01(const std::string& flag, const std::string& val, bool* out, std::string* err) {
+  if (val == "0" || val == "1") {
+    *out = val == "1";
+    return true;
+  }
+  *err = flag + " " + val + ": must be 0 or 1";
+  return false;
+}
+
+}  // namespace
+
+bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::string* err) {
+  *help = false;
+  constexpr long long kIntMax = std::numeric_limits<int>::max();
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    std::string val;
+    bool has_val = false;
+    // --flag=value form.
+    if (flag.rfind("--", 0) == 0) {
+      const size_t eq = flag.find('=');
+      if (eq != std::string::npos) {
+        val = flag.substr(eq + 1);
+        flag = flag.substr(0, eq);
+        has_val = true;
+      }
+    }
+    if (flag == "-h" || flag == "--help") {
+      *help = true;
+      return true;
+    }
+    if (!has_val) {
+      if (i + 1 >= argc) {
+        *err = flag + " needs a value";
+        // Unknown flags are reported as such even when they come last.
+        static const char* known[] = {"-b", "--batch", "-s", "--seqlen", "-H", "--heads", "-q",
+                                      "--sq", "-p", "--page", "-n", "--iters", "-w", "--warmup",
+                                      "-c", "--check", "--varlen", "--causal", "--seed", "--backend",
+                                      "-t", "--tp", "-x", "--cp", "-m", "--merge", "--store",
+                                      "--rank", "--world"};
+        bool is_known = false;
+        for (const char* k : known) is_known |= flag == k;
+        if (!is_known) *err = "unknown flag " + flag + " (see --help)";
+        return false;
+      }
+      val = argv[++i];
+    }
+    bool ok = true;
+    if (flag == "-b" || flag == "--batch") {
+      ok = int_in(flag, val, 0, kIntMax, "batch must be an integer >= 0", &opt->batch, err);
+    } else if (flag == "-s" || flag == "--seqlen") {
+      ok = int_in(flag, val, 0, kIntMax, "mean sequence length must be an integer >= 0", &opt->mean_len, err);
+    } else if (flag == "-H" || flag == "--heads") {
+      ok = int_in(flag, val, 1, DMLA_MAX_HEADS, "heads must be 1..128", &opt->heads, err);
+    } else if (flag == "-q" || flag == "--sq") {
+      ok = int_in(flag, val, 1, DMLA_MAX_SQ, "query tokens (s_q) must be 1..4", &opt->s_q, err);
+    } else if (flag == "-p" || flag == "--page") {
+      ok = int_in(flag, val, 16, 128, "page size must be 16, 32, 64 or 128", &opt->page_size, err);
+      if (ok && (opt->page_size & (opt->page_size - 1)) != 0) {
+        *err = flag + " " + val + ": page size must be 16, 32, 64 or 128";
+        ok = false;
+      }
+    } else if (flag == "-n" || flag == "--iters") {
+      ok = int_in(flag, val, 1, kIntMax, "iterations must be >= 1", &opt->iters, err);
+    } else if (flag == "-w" || flag == "--warmup") {
+      ok = int_in(flag, val, 0, kIntMax, "warm-up iterations must be >= 0", &opt->warmup, err);
+    } else if (flag == "-c" || flag == "--check") {
+      ok = bool01(flag, val, &opt->check, err);
+    } else if (flag == "--varlen") {
+      ok = bool01(flag, val, &opt->varlen, err);
+    } else if (flag == "--causal") {
+      ok = bool01(flag, val, &opt->causal, err);
+    } else if (flag == "--seed") {
+      long long x;
+      ok = parse_int64(val, &x) && x >= 0;
+      if (ok) opt->seed = static_cast<uint64_t>(x);
+      else *err = flag + " " + val + ": seed must be an integer >= 0";
+    } else if (flag == "--backend") {
+      if (val == "auto") opt->backend = dmlaBackendAuto;
+      else if (val == "cuda") opt->backend = dmlaBackendCuda;
+      else if (val == "cpu") opt->backend = dmlaBackendCpu;
+      else {
+        *err = flag + " " + val + ": backend must be auto, cuda or cpu";
+        ok = false;
+      }
+    } else if (flag == "-t" || flag == "--tp") {
+      ok = int_in(flag, val, 1, DMLA_MAX_HEADS, "tensor-parallel size must be 1..128", &opt->tp, err);
+    } else if (flag == "-x" || flag == "--cp") {
+      ok = int_in(flag, val, 1, 4096, "context-parallel size must be 1..4096", &opt->cp, err);
+    } else if (flag == "-m" || flag == "--merge") {
+      if (val == "allgather" || val == "alltoall" || val == "auto") {
+        opt->merge = val;
+      } else {
+        *err = flag + " " + val + ": merge must be allgather, alltoall or auto";
+        ok = false;
+      }
+    } else if (flag == "--store") {
+      const size_t colon = val.rfind(':');
+      long long port;
+      if (colon == std::string::npos || colon == 0 || !parse_int64(val.substr(colon + 1), &port) ||
+          port < 1 || port > 65535) {
+        *err = flag + " " + val + ": store must be host:port with port 1..65535";
+        ok = false;
+      } else {
+        opt->store = val;
+      }
+    } else if (flag == "--rank") {
+      ok = int_in(flag, val, 0, kIntMax, "rank must be >= 0", &opt->rank, err);
+    } else if (flag == "--world") {
+      ok = int_in(flag, val, 1, kIntMax, "world size must be >= 1", &opt->world, err);
+    } else {
+      *err = "unknown flag " + flag + " (see --help)";
+      ok = false;
+    }
+    if (!ok) return false;
+  }
+  if (opt->rank >= 0 && opt->world > 0 && opt->rank >= opt->world) {
+    *err = "--rank " + std::to_string(opt->rank) + ": must be below --world " + std::to_string(opt->world);
+    return false;
+  }
+  return true;
+}
+
+void print_job_usage(const char* argv0) {
+  std::printf(
+      "Usage: %s [flags]\n"
+      "MLA decode over a paged KV cache on random inputs: times it and checks it against the\n"
+      "double CPU reference. Distributed when -t/-x > 1, --world > 1 or under mpirun -np > 1.\n"
+      "\n"
+      "  -b, --batch N       sequences (default 8)\n"
+      "  -s, --seqlen N      mean sequence length in tokens (default 512)\n"
+      "  -H, --heads N       query heads h_q, 1..128 (default 16)\n"
+      "  -q, --sq N          query tokens a sequence s_q, 1..4 (default 1)\n"
+      "  -p, --page N        page size 16|32|64|128 (default 64)\n"
+      "  -n, --iters N       timed iterations (default 5)\n"
+      "  -w, --warmup N      warm-up iterations (default 1)\n"
+      "  -c, --check 0|1     compare with the CPU reference (default 1)\n"
+      "      --varlen 0|1    lengths drawn uniformly in [S/2, 3S/2] (default 1)\n"
+      "      --causal 0|1    causal mask for s_q > 1 (default 1)\n"
+      "      --seed N        random seed (default 1)\n"
+      "      --backend B     auto|cuda|cpu (default auto: CUDA on an sm_90 GPU, else CPU)\n"
+      "  -t, --tp N          tensor-parallel ranks (head groups, default 1)\n"
+      "  -x, --cp N          context-parallel ranks (KV page shards, default 1)\n"
+      "  -m, --merge M       allgather|alltoall|auto cross-rank merge (default auto)\n"
+      "      --store H:P     TCP store bootstrap instead of MPI (with --rank, --world)\n"
+      "      --rank N        this process's rank (TCP store bootstrap)\n"
+      "      --world N       number of processes (TCP store bootstrap)\n"
+      "  -h, --help          this text\n"
+      "Exit codes: 0 ok, 1 wrong results or a failed run, 2 bad command line.\n",
+      argv0);
+}
+
+}  // namespace distmla::examples
