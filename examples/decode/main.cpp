@@ -29,8 +29,10 @@ int main(int argc, char** argv) {
 #else
     std::fprintf(stderr,
                  "%s: this build has no distributed layer (configured with "
-                 "DISTMLA_BUILD_DISTRIBUTED=OFF); -t %d -x %d --world %d%s needs it\n",
-                 argv[0], opt.tp, opt.cp, opt.world, under_mpirun ? " (under mpirun)" : "");
+                 "DISTMLA_BUILD_DISTRIBUTED=OFF), which -t %d -x %d%s%s needs\n",
+                 argv[0], opt.tp, opt.cp,
+                 opt.world > 1 ? (" --world " + std::to_string(opt.world)).c_str() : "",
+                 under_mpirun ? " under mpirun" : "");
     return 2;
 #endif
   }

@@ -1,6 +1,7 @@
 // The threaded CPU reference against the independent brute force (tests/unit/brute_force.h).
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -172,6 +173,36 @@ TEST(Reference, SoftmaxIsNotDegenerate) {
   const auto r = brute_row(w.shape, w.host_tensors(), 0, 0, 0);
   const auto top = brute_row(w.shape, w.host_tensors(), 0, 0, 0, 0, 1);
   EXPECT_GT(r.lse - top.lse, 3.0);  // many tokens carry weight
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Reference, MixesOneTokenAndHundredKTokenSequences) {
+  distmla::WorkloadOptions o;
+  o.batch = 3;
+  o.h_q = 2;
+  o.s_q = 2;
+  o.page_size = 128;
+  o.lengths = {1, 100000, 2};
+  expect_matches_brute(distmla::make_workload(o));
+}
+
+TEST(Reference, FastEnoughForTheMainJob) {
+  // b=32, S=4096, h_q=16 (4.6 GFLOP in double) must stay in seconds on 2 cores; this catches a
+  // regression by an order of magnitude, not noise.
+  distmla::WorkloadOptions o;
+  o.batch = 32;
+  o.h_q = 16;
+  o.mean_len = 4096;
+  const auto w = distmla::make_workload(o);
+  std::vector<double> out, lse;
+  const auto a = std::chrono::steady_clock::now();
+  distmla::reference_decode(w.shape, w.host_tensors(), &out, &lse);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
+  EXPECT_LT(s, 20.0);
+  for (double v : lse) ASSERT_TRUE(std::isfinite(v));
 }
 
 }  // namespace

@@ -1,0 +1,90 @@
+// The main job's command line (examples/decode/job_options.cpp).
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "../../examples/decode/job_options.h"
+
+namespace {
+
+using distmla::examples::JobOptions;
+
+struct Parsed {
+  bool ok;
+  bool help;
+  std::string err;
+  JobOptions opt;
+};
+
+Parsed parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "distmla_decode");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  Parsed p;
+  p.ok = distmla::examples::parse_job_options(static_cast<int>(argv.size()), argv.data(), &p.opt,
+                                              &p.help, &p.err);
+  return p;
+}
+
+TEST(JobOptions, Defaults) {
+  const auto p = parse({});
+  ASSERT_TRUE(p.ok);
+  EXPECT_FALSE(p.help);
+  EXPECT_EQ(p.opt.batch, 8);
+  EXPECT_EQ(p.opt.mean_len, 512);
+  EXPECT_EQ(p.opt.heads, 16);
+  EXPECT_EQ(p.opt.backend, dmlaBackendAuto);
+}
+
+TEST(JobOptions, ShortLongAndEqualsForms) {
+  const auto p = parse({"-b", "4", "--seqlen", "1000", "-H", "128", "-q", "2", "-p", "16", "-n", "3",
+                        "-w", "0", "-c", "0", "--varlen=0", "--causal", "0", "--seed", "9",
+                        "--backend", "cpu", "-t", "2", "-x", "4", "-m", "alltoall",
+                        "--store", "node1:29500", "--rank", "1", "--world", "8"});
+  ASSERT_TRUE(p.ok) << p.err;
+  EXPECT_EQ(p.opt.batch, 4);
+  EXPECT_EQ(p.opt.mean_len, 1000);
+  EXPECT_EQ(p.opt.heads, 128);
+  EXPECT_EQ(p.opt.s_q, 2);
+  EXPECT_EQ(p.opt.page_size, 16);
+  EXPECT_EQ(p.opt.iters, 3);
+  EXPECT_EQ(p.opt.warmup, 0);
+  EXPECT_FALSE(p.opt.check);
+  EXPECT_FALSE(p.opt.varlen);
+  EXPECT_FALSE(p.opt.causal);
+  EXPECT_EQ(p.opt.seed, 9u);
+  EXPECT_EQ(p.opt.backend, dmlaBackendCpu);
+  EXPECT_EQ(p.opt.tp, 2);
+  EXPECT_EQ(p.opt.cp, 4);
+  EXPECT_EQ(p.opt.merge, "alltoall");
+  EXPECT_EQ(p.opt.store, "node1:29500");
+  EXPECT_EQ(p.opt.rank, 1);
+  EXPECT_EQ(p.opt.world, 8);
+}
+
+TEST(JobOptions, HelpFlag) {
+  const auto p = parse({"-b", "2", "--help"});
+  EXPECT_TRUE(p.ok);
+  EXPECT_TRUE(p.help);
+}
+
+TEST(JobOptions, BadValuesNameTheFlagAndTheValue) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"-H", "200"}, "-H 200"},         {{"-H", "abc"}, "-H abc"},
+      {{"-q", "5"}, "-q 5"},             {{"-p", "48"}, "-p 48"},
+      {{"-p", "100"}, "-p 100"},         {{"-b", "-1"}, "-b -1"},
+      {{"-n", "0"}, "-n 0"},             {{"-c", "2"}, "-c 2"},
+      {{"--backend", "tpu"}, "--backend tpu"}, {{"-m", "ring"}, "-m ring"},
+      {{"--store", "nohost"}, "--store nohost"}, {{"--store", "h:99999"}, "--store h:99999"},
+      {{"-b", "12x"}, "-b 12x"},         {{"-z", "1"}, "unknown flag -z"},
+      {{"-b"}, "-b needs a value"},      {{"--rank", "3", "--world", "2"}, "--rank 3"},
+      {{"--varlen=yes"}, "--varlen yes"}};
+  for (const auto& c : cases) {
+    const auto p = parse(c.first);
+    EXPECT_FALSE(p.ok) << c.second;
+    EXPECT_NE(p.err.find(c.second), std::string::npos) << "message: " << p.err;
+  }
+}
+
+}  // namespace
