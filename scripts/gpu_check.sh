@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The one script sent to the GPU machine (run from the repo root, with the build folder carried):
+#   bash scripts/gpu_check.sh [build-dir]          (default build-gpu)
+# Writes logs under $OUT (at most 8 files come back) and prints a short summary last.
+# Sections can be skipped with env vars: SKIP_TESTS=1 SKIP_SIMPLE=1 SKIP_SANITIZER=1 SKIP_SASS=1 SKIP_BENCH=1
+# To extend (e.g. mpi runs): add a section that appends to $OUT/<name>.log and one line to $SUM.
+set -u
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+B=${1:-build-gpu}
+OUT=${OUT:-/tmp/gpu_check_out}
+mkdir -p "$OUT"
+SUM="$OUT/summary.txt"
+: >"$SUM"
+export PATH=/usr/local/cuda/bin:$PATH
+export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64:/usr/local/cuda/lib:$PWD/$B/cudart"
+say() { echo "$*" | tee -a "$SUM"; }
+
+say "== gpu_check $(date -u +%FT%TZ) on $(hostname)"
+nvidia-smi -L 2>&1 | tee -a "$SUM"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.total --format=csv 2>&1 | tee -a "$SUM"
+
+T="$B/tests/gpu/distmla_gpu_tests"
+BENCH="$B/examples/bench/distmla_bench"
+
+# 1. GPU tests, one process per test (a hang in one cannot hide the others).
+run_tests() {  # $1 = log, $2 = per-test timeout, rest = env
+  local log=$1 to=$2; shift 2
+  local pass=0 fail=0 tmo=0 names
+  names=$("$T" --gtest_list_tests | awk '/^[^ ]/{s=$1} /^  /{print s $1}')
+  for n in $names; do
+    if [ $tmo -ge 2 ]; then echo "SKIPPED (2 timeouts) $n" >>"$log"; fail=$((fail + 1)); continue; fi
+    env "$@" timeout "$to" "$T" --gtest_color=no --gtest_filter="$n" >>"$log" 2>&1
+    rc=$?
+    [ $rc -eq 124 ] && tmo=$((tmo + 1))
+    if [ $rc -eq 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAILED($rc) $n" >>"$log"; say "  FAIL($rc) $n"; fi
+  done
+  say "  $pass passed, $fail failed ($log)"
+}
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  say "== gpu tests (wgmma kernel)"
+  run_tests "$OUT/gpu_tests.log" 60 DISTMLA_DECODE_KERNEL=wgmma
+  grep '^\[case\]' "$OUT/gpu_tests.log" | sed 's/^/  /' | tee -a "$SUM" >/dev/null
+fi
+if [ "${SKIP_SIMPLE:-0}" != 1 ]; then
+  say "== gpu tests (simple CUDA-core kernel, same schedule/combine)"
+  run_tests "$OUT/gpu_tests_simple.log" 60 DISTMLA_DECODE_KERNEL=simple
+fi
+
+# 2. compute-sanitizer on small cases.
+if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+  say "== compute-sanitizer"
+  F='GpuDecode.Basic:GpuDecode.OddHeads*:GpuDecode.Sq4Page128*:GpuDecode.AllZeroLengths:GpuDecode.Batch128Short'
+  for tool in memcheck racecheck; do
+    timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$T" --gtest_color=no --gtest_filter="$F" \
+      >>"$OUT/sanitizer.log" 2>&1
+    say "  $tool rc=$? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1))"
+  done
+fi
+
+# 3. SASS facts of the kernels in the library.
+if [ "${SKIP_SASS:-0}" != 1 ]; then
+  say "== SASS"
+  LIB=$(ls "$B"/lib/libdistmla.so* | head -1)
+  cuobjdump --dump-sass "$LIB" >/tmp/distmla.sass 2>&1
+  awk '/Function :/{f=$3} /HGMMA/{h[f]++} /(LDL|STL)/{l[f]++} END{for (k in h) print "  HGMMA", h[k], k; for (k in l) print "  LDL/STL", l[k], k}' \
+    /tmp/distmla.sass | tee "$OUT/sass_counts.txt" | tee -a "$SUM"
+  say "  total HGMMA $(grep -c HGMMA /tmp/distmla.sass), LDL/STL $(grep -cE 'LDL|STL' /tmp/distmla.sass)"
+fi
+
+# 4. Benchmark: every row of DESIGN.md section 7, then correctness-checked short rows.
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  say "== distmla_bench"
+  timeout 150 "$BENCH" >"$OUT/bench.log" 2>&1
+  say "  rc=$?"
+  timeout 60 "$BENCH" -b 32 -s 1024 -H 16 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
+  timeout 60 "$BENCH" -b 16 -s 2000 -H 128 -q 2 -V 1 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
+  cat "$OUT/bench.log" | tee -a "$SUM" >/dev/null
+fi
+
+echo
+echo "================ SUMMARY ================"
+cat "$SUM"
