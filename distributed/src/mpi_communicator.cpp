@@ -7,7 +7,7 @@
 
 #include "check.h"
 #include "distmla/distmla.hpp"
-#include "poll.h"
+#include "deadline_poll.h"
 
 namespace distmla::dist {
 

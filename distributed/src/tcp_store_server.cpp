@@ -1,0 +1,203 @@
+// TCP store server: one io_context thread, one session per connection, one request in flight a
+// session. wait/get on a missing key park the session until a set/add of that key or its timeout.
+#include <boost/asio.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "check.h"
+#include "distmla/dist/tcp_store.h"
+#include "store_codec.h"
+
+namespace distmla::dist {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+namespace w = store_wire;
+
+namespace {
+
+class Session;
+
+struct State {
+  std::map<std::string, std::vector<uint8_t>> data;
+  std::multimap<std::string, std::weak_ptr<Session>> waiters;
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket sock, State& st) : sock_(std::move(sock)), timer_(sock_.get_executor()), st_(st) {}
+  void start() { read_header(); }
+
+  // Called when key (which this session waits for) was set.
+  void fulfil(const std::vector<uint8_t>& value) {
+    if (!waiting_) return;
+    waiting_ = false;
+    timer_.cancel();
+    reply(w::kOk, op_ == w::kGet ? value : std::vector<uint8_t>{});
+  }
+
+ private:
+  void read_header() {
+    auto self = shared_from_this();
+    asio::async_read(sock_, asio::buffer(hdr_), [this, self](boost::system::error_code ec, size_t) {
+      if (ec) return close();
+      RequestHeader h;
+      if (!decode_request_header(hdr_, &h)) return close();  // bad frame: drop this connection only
+      op_ = h.op;
+      timeout_ms_ = h.timeout_ms;
+      body_.resize(static_cast<size_t>(h.key_len) + h.value_len);
+      key_len_ = h.key_len;
+      asio::async_read(sock_, asio::buffer(body_), [this, self](boost::system::error_code ec2, size_t) {
+        if (ec2) return close();
+        handle();
+      });
+    });
+  }
+
+  void handle() {
+    std::string key(reinterpret_cast<const char*>(body_.data()), key_len_);
+    std::vector<uint8_t> value(body_.begin() + key_len_, body_.end());
+    switch (op_) {
+      case w::kSet:
+        st_.data[key] = value;
+        reply(w::kOk, {});
+        notify(key);
+        return;
+      case w::kAdd: {
+        if (value.size() != 8) return close();
+        int64_t delta, cur = 0;
+        std::memcpy(&delta, value.data(), 8);
+        auto it = st_.data.find(key);
+        if (it != st_.data.end()) {
+          if (it->second.size() != 8) return reply(w::kBadRequest, {});
+          std::memcpy(&cur, it->second.data(), 8);
+        }
+        cur += delta;
+        std::vector<uint8_t> out(8);
+        std::memcpy(out.data(), &cur, 8);
+        st_.data[key] = out;
+        reply(w::kOk, out);
+        notify(key);
+        return;
+      }
+      case w::kGet:
+      case w::kWait: {
+        auto it = st_.data.find(key);
+        if (it != st_.data.end()) return reply(w::kOk, op_ == w::kGet ? it->second : std::vector<uint8_t>{});
+        waiting_ = true;
+        st_.waiters.emplace(key, weak_from_this());
+        auto self = shared_from_this();
+        timer_.expires_after(std::chrono::milliseconds(timeout_ms_));
+        timer_.async_wait([this, self](boost::system::error_code ec) {
+          if (ec || !waiting_) return;
+          waiting_ = false;
+          reply(w::kTimeout, {});
+        });
+        return;
+      }
+      default:
+        return close();
+    }
+  }
+
+  void notify(const std::string& key) {
+    auto range = st_.waiters.equal_range(key);
+    std::vector<std::shared_ptr<Session>> ready;
+    for (auto it = range.first; it != range.second; ++it)
+      if (auto s = it->second.lock()) ready.push_back(s);
+    st_.waiters.erase(range.first, range.second);
+    const std::vector<uint8_t>& v = st_.data[key];
+    for (auto& s : ready) s->fulfil(v);
+  }
+
+  void reply(uint16_t status, const std::vector<uint8_t>& value) {
+    out_ = encode_response(status, value);
+    auto self = shared_from_this();
+    asio::async_write(sock_, asio::buffer(out_), [this, self](boost::system::error_code ec, size_t) {
+      if (ec) return close();
+      read_header();
+    });
+  }
+
+  void close() {
+    boost::system::error_code ignored;
+    waiting_ = false;
+    timer_.cancel();
+    sock_.close(ignored);
+  }
+
+  tcp::socket sock_;
+  asio::steady_timer timer_;
+  State& st_;
+  std::array<uint8_t, w::kRequestHeader> hdr_{};
+  std::vector<uint8_t> body_;
+  std::vector<uint8_t> out_;
+  uint32_t key_len_ = 0;
+  uint16_t op_ = 0;
+  uint32_t timeout_ms_ = 0;
+  bool waiting_ = false;
+};
+
+}  // namespace
+
+struct TcpStoreServer::Impl {
+  asio::io_context io;
+  tcp::acceptor acceptor{io};
+  State state;
+  std::thread thread;
+  int port = 0;
+
+  void accept() {
+    acceptor.async_accept([this](boost::system::error_code ec, tcp::socket sock) {
+      if (ec) {
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+      } else {
+        boost::system::error_code ignored;
+        sock.set_option(tcp::no_delay(true), ignored);
+        std::make_shared<Session>(std::move(sock), state)->start();
+      }
+      accept();
+    });
+  }
+};
+
+TcpStoreServer::TcpStoreServer(const std::string& host, int port) : impl_(std::make_unique<Impl>()) {
+  if (port < 0 || port > 65535)
+    DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "TcpStoreServer: port = " + std::to_string(port) + " (must be 0..65535)");
+  boost::system::error_code ec;
+  asio::ip::address addr = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
+  if (ec) DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "TcpStoreServer: host = '" + host + "' (not an IP address)");
+  tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  impl_->acceptor.open(ep.protocol(), ec);
+  if (!ec) impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) impl_->acceptor.bind(ep, ec);
+  if (!ec) impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec)
+    DMLA_DIST_FAIL(dmlaErrorComm, "TcpStoreServer: cannot listen on " + host + ":" + std::to_string(port) + ": " +
+                                      ec.message());
+  impl_->port = impl_->acceptor.local_endpoint().port();
+  impl_->accept();
+  impl_->thread = std::thread([this] { impl_->io.run(); });
+}
+
+TcpStoreServer::~TcpStoreServer() { stop(); }
+
+int TcpStoreServer::port() const { return impl_->port; }
+
+void TcpStoreServer::stop() {
+  if (!impl_ || !impl_->thread.joinable()) return;
+  asio::post(impl_->io, [this] {
+    boost::system::error_code ignored;
+    impl_->acceptor.close(ignored);
+    impl_->io.stop();
+  });
+  impl_->thread.join();
+}
+
+}  // namespace distmla::dist
