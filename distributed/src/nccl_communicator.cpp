@@ -1,0 +1,282 @@
+// Communicator over device buffers on NCCL: non-blocking communicators, every possibly
+// in-progress call polled against the deadline, abort on timeout.
+#include "distmla/dist/nccl_communicator.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "deadline_poll.h"
+#include "distmla/dist/tcp_store.h"
+
+namespace distmla::dist {
+
+static_assert(sizeof(ncclUniqueId) == sizeof(NcclId), "ncclUniqueId size changed");
+
+void nccl_disable_nvls_default() { setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0); }
+
+namespace {
+
+#define NCCL_RET(call)                                                                              \
+  do {                                                                                              \
+    ncclResult_t e_ = (call);                                                                       \
+    if (e_ != ncclSuccess && e_ != ncclInProgress)                                                  \
+      return set_error(dmlaErrorComm, DMLA_DIST_WHERE + ": " #call ": " + ncclGetErrorString(e_) + \
+                                          " (" + ncclGetLastError(nullptr) + ")");                  \
+  } while (0)
+
+// Restores the caller's current device on scope exit.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    cudaGetDevice(&prev_);
+    if (device != prev_) cudaSetDevice(device);
+  }
+  ~DeviceGuard() { cudaSetDevice(prev_); }
+
+ private:
+  int prev_ = 0;
+};
+
+// Polls a non-blocking communicator until its pending operation left ncclInProgress.
+dmlaResult_t settle(ncclComm_t comm, int timeout_ms, const char* what) {
+  ncclResult_t state = ncclInProgress;
+  const bool done = detail::poll_until(detail::deadline_after_ms(timeout_ms), [&] {
+    if (ncclCommGetAsyncError(comm, &state) != ncclSuccess) return true;
+    return state != ncclInProgress;
+  });
+  if (!done) {
+    ncclCommAbort(comm);
+    return set_error(dmlaErrorTimeout, std::string("nccl ") + what + ": still in progress after " +
+                                           std::to_string(timeout_ms) + " ms (communicator aborted)");
+  }
+  if (state != ncclSuccess)
+    return set_error(dmlaErrorComm, std::string("nccl ") + what + ": " + ncclGetErrorString(state));
+  return dmlaSuccess;
+}
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(ncclComm_t comm, int device, const CommOptions& opt) : comm_(comm), device_(device), opt_(opt) {
+    ncclCommUserRank(comm_, &rank_);
+    ncclCommCount(comm_, &size_);
+    DeviceGuard g(device_);
+    DMLA_DIST_CUDA_THROW(cudaStreamCreateWithFlags(&internal_, cudaStreamNonBlocking));
+  }
+
+  ~NcclCommunicator() override {
+    {
+      DeviceGuard g(device_);
+      if (scratch_) cudaFree(scratch_);
+      if (internal_) cudaStreamDestroy(internal_);
+    }
+    if (!comm_) return;
+    if (aborted_) return;
+    // Teardown with a deadline: finalize (non-blocking), then destroy; abort if it hangs.
+    const ncclResult_t f = ncclCommFinalize(comm_);
+    if (f != ncclSuccess && f != ncclInProgress) {
+      ncclCommAbort(comm_);
+      return;
+    }
+    if (settle(comm_, opt_.timeout_ms, "finalize") != dmlaSuccess) return;  // settle aborted it
+    ncclCommDestroy(comm_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  MemSpace memory() const override { return MemSpace::kDevice; }
+  const char* backend_name() const override { return "nccl"; }
+
+  dmlaResult_t all_gather(const void* send, void* recv, size_t bytes, void* stream) override {
+    if (auto r = usable(send, recv, bytes, "all_gather"); r != dmlaSuccess) return r;
+    NCCL_RET(ncclAllGather(send, recv, bytes, ncclUint8, comm_, static_cast<cudaStream_t>(stream)));
+    return track(settle(comm_, opt_.timeout_ms, "all_gather"));
+  }
+  dmlaResult_t all_to_all(const void* send, void* recv, size_t bytes, void* stream) override {
+    if (auto r = usable(send, recv, bytes, "all_to_all"); r != dmlaSuccess) return r;
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    NCCL_RET(ncclGroupStart());
+    for (int p = 0; p < size_; ++p) {
+      NCCL_RET(ncclSend(static_cast<const char*>(send) + p * bytes, bytes, ncclUint8, p, comm_, st));
+      NCCL_RET(ncclRecv(static_cast<char*>(recv) + p * bytes, bytes, ncclUint8, p, comm_, st));
+    }
+    NCCL_RET(ncclGroupEnd());
+    return track(settle(comm_, opt_.timeout_ms, "all_to_all"));
+  }
+  dmlaResult_t broadcast(void* buf, size_t bytes, int root, void* stream) override {
+    if (auto r = usable(buf, buf, bytes, "broadcast"); r != dmlaSuccess) return r;
+    if (root < 0 || root >= size_)
+      return set_error(dmlaErrorInvalidArgument, "broadcast: root = " + std::to_string(root));
+    NCCL_RET(ncclBroadcast(buf, buf, bytes, ncclUint8, root, comm_, static_cast<cudaStream_t>(stream)));
+    return track(settle(comm_, opt_.timeout_ms, "broadcast"));
+  }
+  dmlaResult_t barrier() override {
+    uint8_t one = 1, all = 0;
+    return agree(&one, &all, 1);
+  }
+  dmlaResult_t agree(const uint8_t* ok, uint8_t* all_ok, int n) override {
+    if (n < 0) return set_error(dmlaErrorInvalidArgument, "agree: n = " + std::to_string(n));
+    if (n == 0) return dmlaSuccess;
+    if (!ok || !all_ok) return set_error(dmlaErrorNullPointer, "agree: ok or all_ok is null");
+    if (auto r = usable(ok, all_ok, 0, "agree"); r != dmlaSuccess) return r;
+    DeviceGuard g(device_);
+    if (scratch_bytes_ < static_cast<size_t>(n)) {  // host path (append), not the decode step
+      if (scratch_) cudaFree(scratch_);
+      scratch_ = nullptr;
+      DMLA_DIST_CUDA_RET(cudaMalloc(&scratch_, n));
+      scratch_bytes_ = n;
+    }
+    std::vector<uint8_t> in(ok, ok + n);
+    for (auto& v : in) v = v ? 1 : 0;
+    DMLA_DIST_CUDA_RET(cudaMemcpyAsync(scratch_, in.data(), n, cudaMemcpyHostToDevice, internal_));
+    NCCL_RET(ncclAllReduce(scratch_, scratch_, n, ncclUint8, ncclMin, comm_, internal_));
+    if (auto r = track(settle(comm_, opt_.timeout_ms, "agree")); r != dmlaSuccess) return r;
+    DMLA_DIST_CUDA_RET(cudaMemcpyAsync(all_ok, scratch_, n, cudaMemcpyDeviceToHost, internal_));
+    return wait(internal_);
+  }
+  dmlaResult_t wait(void* stream) override {
+    if (aborted_) return set_error(dmlaErrorComm, "nccl: communicator was aborted");
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    cudaError_t q = cudaErrorNotReady;
+    ncclResult_t state = ncclSuccess;
+    const bool done = detail::poll_until(detail::deadline_after_ms(opt_.timeout_ms), [&] {
+      q = cudaStreamQuery(st);
+      if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess || (state != ncclSuccess && state != ncclInProgress))
+        return true;
+      return q != cudaErrorNotReady;
+    });
+    if (state != ncclSuccess && state != ncclInProgress) {
+      ncclCommAbort(comm_);
+      aborted_ = true;
+      return set_error(dmlaErrorComm, std::string("nccl wait: ") + ncclGetErrorString(state) + " (communicator aborted)");
+    }
+    if (!done) {
+      ncclCommAbort(comm_);
+      aborted_ = true;
+      return set_error(dmlaErrorTimeout, "nccl wait: stream not done after " + std::to_string(opt_.timeout_ms) +
+                                             " ms (communicator aborted)");
+    }
+    if (q != cudaSuccess)
+      return set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": cudaStreamQuery: " + cudaGetErrorString(q));
+    return dmlaSuccess;
+  }
+
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    if (aborted_) DMLA_DIST_FAIL(dmlaErrorComm, "nccl split: communicator was aborted");
+    if (color < 0) DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "split: color = " + std::to_string(color));
+    DeviceGuard g(device_);
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclComm_t sub = nullptr;
+    ncclResult_t r = ncclCommSplit(comm_, color, key, &sub, &config);
+    if (r != ncclSuccess && r != ncclInProgress)
+      DMLA_DIST_FAIL(dmlaErrorComm, DMLA_DIST_WHERE + ": ncclCommSplit: " + ncclGetErrorString(r));
+    throw_if_error(settle(comm_, opt_.timeout_ms, "split (parent)"));
+    if (!sub) DMLA_DIST_FAIL(dmlaErrorComm, "nccl split: no communicator for color " + std::to_string(color));
+    throw_if_error(settle(sub, opt_.timeout_ms, "split"));
+    return std::make_unique<NcclCommunicator>(sub, device_, opt_);
+  }
+
+ private:
+  dmlaResult_t usable(const void* a, const void* b, size_t bytes, const char* what) {
+    if (aborted_) return set_error(dmlaErrorComm, std::string("nccl ") + what + ": communicator was aborted");
+    if (bytes > 0 && (!a || !b)) return set_error(dmlaErrorNullPointer, std::string("nccl ") + what + ": null buffer");
+    return dmlaSuccess;
+  }
+  dmlaResult_t track(dmlaResult_t r) {
+    if (r == dmlaErrorTimeout) aborted_ = true;  // settle() aborted the communicator
+    return r;
+  }
+
+  ncclComm_t comm_ = nullptr;
+  int device_ = 0;
+  CommOptions opt_;
+  int rank_ = 0, size_ = 1;
+  bool aborted_ = false;
+  cudaStream_t internal_ = nullptr;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+};
+
+}  // namespace
+
+NcclId nccl_unique_id() {
+  nccl_disable_nvls_default();
+  ncclUniqueId id;
+  ncclResult_t r = ncclGetUniqueId(&id);
+  if (r != ncclSuccess) DMLA_DIST_FAIL(dmlaErrorComm, DMLA_DIST_WHERE + ": ncclGetUniqueId: " + ncclGetErrorString(r));
+  NcclId out;
+  std::memcpy(out.bytes, &id, sizeof(id));
+  return out;
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(const NcclId& id, int rank, int world, int device,
+                                                     const CommOptions& opt) {
+  nccl_disable_nvls_default();
+  if (world < 1) DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "make_nccl_communicator: world = " + std::to_string(world));
+  if (rank < 0 || rank >= world)
+    DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "make_nccl_communicator: rank = " + std::to_string(rank) +
+                                                 " (world " + std::to_string(world) + ")");
+  if (opt.timeout_ms <= 0)
+    DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "CommOptions::timeout_ms = " + std::to_string(opt.timeout_ms));
+  int count = 0;
+  DMLA_DIST_CUDA_THROW(cudaGetDeviceCount(&count));
+  if (device < 0 || device >= count)
+    DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "make_nccl_communicator: device = " + std::to_string(device) + " (" +
+                                                 std::to_string(count) + " devices)");
+  DeviceGuard g(device);
+  ncclUniqueId uid;
+  std::memcpy(&uid, id.bytes, sizeof(uid));
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclComm_t comm = nullptr;
+  ncclResult_t r = ncclCommInitRankConfig(&comm, world, uid, rank, &config);
+  if (r != ncclSuccess && r != ncclInProgress)
+    DMLA_DIST_FAIL(dmlaErrorComm, DMLA_DIST_WHERE + ": ncclCommInitRankConfig: " + ncclGetErrorString(r));
+  throw_if_error(settle(comm, opt.timeout_ms, "init"));
+  return std::make_unique<NcclCommunicator>(comm, device, opt);
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator_mpi(MPI_Comm comm, int device, const CommOptions& opt) {
+  int rank = 0, world = 1;
+  if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &world) != MPI_SUCCESS)
+    DMLA_DIST_FAIL(dmlaErrorComm, DMLA_DIST_WHERE + ": MPI_Comm_rank/size failed");
+  NcclId id{};
+  if (rank == 0) id = nccl_unique_id();
+  MPI_Request req;
+  if (MPI_Ibcast(id.bytes, sizeof(id.bytes), MPI_BYTE, 0, comm, &req) != MPI_SUCCESS)
+    DMLA_DIST_FAIL(dmlaErrorComm, DMLA_DIST_WHERE + ": MPI_Ibcast of the NCCL id failed");
+  int done = 0;
+  detail::poll_until(detail::deadline_after_ms(opt.timeout_ms), [&] {
+    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    return done != 0;
+  });
+  if (!done)
+    DMLA_DIST_FAIL(dmlaErrorTimeout, "make_nccl_communicator_mpi: NCCL id broadcast not done after " +
+                                         std::to_string(opt.timeout_ms) + " ms");
+  return make_nccl_communicator(id, rank, world, device, opt);
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator_store(TcpStoreClient& store, const std::string& key, int rank,
+                                                           int world, int device, const CommOptions& opt) {
+  NcclId id{};
+  if (rank == 0) {
+    id = nccl_unique_id();
+    throw_if_error(store.set(key, std::vector<uint8_t>(id.bytes, id.bytes + sizeof(id.bytes)), opt.timeout_ms));
+  } else {
+    std::vector<uint8_t> v;
+    throw_if_error(store.get(key, &v, opt.timeout_ms));
+    if (v.size() != sizeof(id.bytes))
+      DMLA_DIST_FAIL(dmlaErrorComm, "make_nccl_communicator_store: key '" + key + "' holds " +
+                                        std::to_string(v.size()) + " bytes, not an NCCL id");
+    std::memcpy(id.bytes, v.data(), v.size());
+  }
+  return make_nccl_communicator(id, rank, world, device, opt);
+}
+
+}  // namespace distmla::dist
