@@ -3,6 +3,8 @@
 // in checked mode, where the caller asked for it.
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+#include <cstdio>
 #include <string>
 
 #include "internal.h"
@@ -105,8 +107,9 @@ dmlaResult_t cuda_run(const CudaPlanInfo& info, const dmlaDecodeShape_t& shape,
                                                std::to_string(info.workspace_bytes) + " bytes)");
   }
   if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) {
-    return set_error(dmlaErrorWorkspace, "workspace = " + std::to_string(reinterpret_cast<uintptr_t>(workspace)) +
-                                             " is not 256-byte aligned");
+    char addr[32];
+    std::snprintf(addr, sizeof addr, "%p", workspace);
+    return set_error(dmlaErrorWorkspace, std::string("workspace = ") + addr + " is not 256-byte aligned");
   }
   int dev = -1;
   cudaError_t e = cudaGetDevice(&dev);

@@ -93,7 +93,9 @@ typedef struct {
 
 typedef struct dmlaPlan* dmlaPlan_t;
 
-/* Fills a shape with the defaults (page 64, bf16, scale 0 = 1/sqrt(576), causal 1). */
+/* Fills a shape with the defaults (page 64, bf16, scale 0 = 1/sqrt(576), causal 1, s_q 1,
+   h_q 1, check_inputs 0). batch, num_blocks and max_blocks_per_seq are left 0: the caller sizes
+   them (a plan with num_blocks or max_blocks_per_seq 0 is rejected). */
 void dmlaShapeInit(dmlaDecodeShape_t* shape);
 
 const char* dmlaGetErrorString(dmlaResult_t result);
