@@ -201,7 +201,7 @@ TEST(Reference, FastEnoughForTheMainJob) {
   const auto a = std::chrono::steady_clock::now();
   distmla::reference_decode(w.shape, w.host_tensors(), &out, &lse);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
-  EXPECT_LT(s, 20.0);
+  EXPECT_LT(s, 30.0);  // ~0.5 s alone on 2 cores; room for a loaded shared machine
   for (double v : lse) ASSERT_TRUE(std::isfinite(v));
 }
 
