@@ -36,14 +36,14 @@ run_tests() {  # $1 = log, $2 = per-test timeout, rest = env
   done
   say "  $pass passed, $fail failed ($log)"
 }
+# DISTMLA_DECODE_KERNEL: wgmma2 (default), wgmma (v1), simple (CUDA cores, same schedule/combine).
+TEST_KERNELS=${TEST_KERNELS:-"wgmma2 wgmma simple"}
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  say "== gpu tests (wgmma kernel)"
-  run_tests "$OUT/gpu_tests.log" 60 DISTMLA_DECODE_KERNEL=wgmma
-  grep '^\[case\]' "$OUT/gpu_tests.log" | sed 's/^/  /' | tee -a "$SUM" >/dev/null
-fi
-if [ "${SKIP_SIMPLE:-0}" != 1 ]; then
-  say "== gpu tests (simple CUDA-core kernel, same schedule/combine)"
-  run_tests "$OUT/gpu_tests_simple.log" 60 DISTMLA_DECODE_KERNEL=simple
+  for k in $TEST_KERNELS; do
+    say "== gpu tests (DISTMLA_DECODE_KERNEL=$k)"
+    run_tests "$OUT/gpu_tests_$k.log" 60 DISTMLA_DECODE_KERNEL=$k
+    [ "$k" = wgmma2 ] && grep '^\[case\]' "$OUT/gpu_tests_$k.log" | sed 's/^/  /' | tee -a "$SUM" >/dev/null
+  done
 fi
 
 # 2. compute-sanitizer on small cases.
@@ -69,9 +69,13 @@ fi
 
 # 4. Benchmark: every row of DESIGN.md section 7, then correctness-checked short rows.
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  say "== distmla_bench"
-  timeout 150 "$BENCH" >"$OUT/bench.log" 2>&1
-  say "  rc=$?"
+  for k in ${BENCH_KERNELS:-wgmma2 wgmma}; do
+    say "== distmla_bench (DISTMLA_DECODE_KERNEL=$k)"
+    echo "## DISTMLA_DECODE_KERNEL=$k" >>"$OUT/bench.log"
+    DISTMLA_DECODE_KERNEL=$k timeout 150 "$BENCH" >>"$OUT/bench.log" 2>&1
+    say "  rc=$?"
+  done
+  echo "## checked rows (default kernel)" >>"$OUT/bench.log"
   timeout 60 "$BENCH" -b 32 -s 1024 -H 16 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
   timeout 60 "$BENCH" -b 16 -s 2000 -H 128 -q 2 -V 1 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
   cat "$OUT/bench.log" | tee -a "$SUM" >/dev/null
