@@ -75,9 +75,9 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     DISTMLA_DECODE_KERNEL=$k timeout 150 "$BENCH" >>"$OUT/bench.log" 2>&1
     say "  rc=$?"
   done
-  echo "## checked rows (default kernel)" >>"$OUT/bench.log"
-  timeout 60 "$BENCH" -b 32 -s 1024 -H 16 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
-  timeout 60 "$BENCH" -b 16 -s 2000 -H 128 -q 2 -V 1 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
+  echo "## checked rows (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2})" >>"$OUT/bench.log"
+  DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2} timeout 60 "$BENCH" -b 32 -s 1024 -H 16 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
+  DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2} timeout 60 "$BENCH" -b 16 -s 2000 -H 128 -q 2 -V 1 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
   cat "$OUT/bench.log" | tee -a "$SUM" >/dev/null
 fi
 
