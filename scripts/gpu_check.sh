@@ -51,7 +51,7 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   say "== compute-sanitizer"
   F='GpuDecode.Basic:GpuDecode.OddHeads*:GpuDecode.Sq4Page128*:GpuDecode.AllZeroLengths:GpuDecode.Batch128Short'
   for tool in memcheck racecheck; do
-    timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$T" --gtest_color=no --gtest_filter="$F" \
+    DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2} timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$T" --gtest_color=no --gtest_filter="$F" \
       >>"$OUT/sanitizer.log" 2>&1
     say "  $tool rc=$? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1))"
   done
