@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "distmla/compare.h"
@@ -287,6 +288,18 @@ int run(const JobOptions& opt) {
   decp.reset();
   comm.reset();  // communicators before MPI_Finalize; the store server (rank 0) goes last
   if (L.mpi) MPI_Finalize();
+  if (L.store) {
+    // Rank 0 hosts the store: it leaves only after every other rank is done with it.
+    int64_t n = 0;
+    if (L.server) {
+      for (int i = 0; i < 1000 && n < L.world - 1; ++i) {
+        if (L.store->add("exited", 0, &n) != dmlaSuccess) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    } else {
+      L.store->add("exited", 1, &n);
+    }
+  }
   return verdict[0] > 0 ? 1 : 0;
 }
 

@@ -1,40 +1,65 @@
 #!/bin/bash
 # The distributed layer's GPU run (2 GPUs, one process each): NCCL multi-rank tests, then
-# distmla_decode over TP x CP layouts, logs under $OUT. Run from the repository root with the
-# build in build-dist.
+# distmla_decode over TP x CP layouts; logs under $OUT. Run from the repository root with the
+# build in build-dist (build-dist/rt may hold carried runtime libraries: cudart, Open MPI).
+# Uses mpirun when the machine has it, else N processes bootstrapped through the TCP store.
 set -u
-export NCCL_NVLS_ENABLE=0
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/distmla_gpu_run}
 mkdir -p "$OUT"
 B=build-dist
-MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x NCCL_NVLS_ENABLE"
+NCCL_DIR=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
+  [ -e "$d/libnccl.so.2" ] && NCCL_DIR=$d && break
+done
+[ -z "$NCCL_DIR" ] && NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '*/proc/*' 2>/dev/null | head -1)" 2>/dev/null)
+export LD_LIBRARY_PATH="$PWD/$B/lib:$PWD/$B/distributed:${LD_LIBRARY_PATH:-}:$NCCL_DIR:/usr/local/cuda/lib64:$PWD/$B/rt"
+G=$OUT/gpu.log
+{ date -u; nvidia-smi -L; nvidia-smi topo -m; echo "nccl from: $NCCL_DIR"; which mpirun; } > "$G" 2>&1
+ldd $B/examples/decode/distmla_decode | grep -E "not found|nccl|cudart|mpi" >> "$G" 2>&1
 LOG=$OUT/decode.log
-{ date -u; nvidia-smi -L; nvidia-smi topo -m; } > "$OUT/gpu.log" 2>&1
-timeout 120 $MPI $B/tests/mpi/distmla_nccl_tests > "$OUT/nccl_tests.log" 2>&1
-echo "nccl_tests rc=$?" >> "$OUT/gpu.log"
-run() {  # run <timeout> <args...>
-  local t=$1; shift
+D=$B/examples/decode/distmla_decode
+# Only an Open MPI 4 launcher matches the libmpi.so.40 the binaries were linked with.
+if mpirun --version 2>/dev/null | grep -q "Open MPI) 4\."; then
+  MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH"
+  timeout 150 $MPI $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests.log" 2>&1
+  echo "nccl_tests (mpirun) rc=$?" >> "$G"
+  dist() { timeout 90 $MPI $D "$@"; }
+else
+  # No MPI here: two processes through the TCP store (rank 0 hosts it).
+  P=29600
+  DISTMLA_TEST_STORE=127.0.0.1:$P DISTMLA_TEST_RANK=1 DISTMLA_TEST_WORLD=2 timeout 150 \
+    $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests_r1.log" 2>&1 &
+  DISTMLA_TEST_STORE=127.0.0.1:$P DISTMLA_TEST_RANK=0 DISTMLA_TEST_WORLD=2 timeout 150 \
+    $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests.log" 2>&1
+  echo "nccl_tests (store) rc=$?" >> "$G"
+  wait
+  tail -5 "$OUT/nccl_tests_r1.log" >> "$G"
+  dist() {
+    P=$((P + 1))
+    timeout 90 $D --rank 1 --world 2 --store 127.0.0.1:$P "$@" > /dev/null 2>> "$OUT/rank1.err" &
+    timeout 90 $D --rank 0 --world 2 --store 127.0.0.1:$P "$@"
+    local rc=$?
+    wait
+    return $rc
+  }
+fi
+run() {  # run <command...>: one configuration
   echo "## $*" >> "$LOG"
-  timeout "$t" "$@" >> "$LOG" 2>&1
+  "$@" >> "$LOG" 2>&1
   echo "## rc=$?" >> "$LOG"
 }
-D=$B/examples/decode/distmla_decode
-# correctness + timing at a checkable size
-run 60 $MPI $D -t 1 -x 2 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
-run 60 $MPI $D -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 20 -w 3
-run 60 $MPI $D -t 2 -x 1 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
-run 60 $MPI $D -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -q 2 -n 20 -w 3
-run 60 $D -b 32 -s 4096 -H 128 -n 20 -w 3
-# large rows (no CPU check): single device vs 1x2 both merges vs 2x1
-run 60 $D -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
-run 60 $MPI $D -t 1 -x 2 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
-run 60 $MPI $D -t 1 -x 2 -m alltoall -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
-run 60 $MPI $D -t 2 -x 1 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
-run 60 $D -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
-run 60 $MPI $D -t 1 -x 2 -m auto -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
-# TCP store bootstrap on GPUs (no mpirun)
-echo "## store bootstrap" >> "$LOG"
-($D --rank 1 --world 2 --store 127.0.0.1:29555 -x 2 -b 16 -s 2048 -H 64 -n 5 > "$OUT/store_r1.log" 2>&1 &)
-timeout 60 $D --rank 0 --world 2 --store 127.0.0.1:29555 -x 2 -b 16 -s 2048 -H 64 -n 5 >> "$LOG" 2>&1
-echo "## rc=$?" >> "$LOG"
-sleep 2; cat "$OUT/store_r1.log" >> "$LOG"
+# correctness + timing at a checkable size (CPU double reference on every rank)
+run dist -t 1 -x 2 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
+run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 20 -w 3
+run dist -t 2 -x 1 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
+run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -q 2 -n 20 -w 3
+run timeout 60 $D -b 32 -s 4096 -H 128 -n 20 -w 3
+# large rows (no CPU check): single device vs 1x2 (both merges) vs 2x1
+run timeout 60 $D -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
+run dist -t 1 -x 2 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
+run dist -t 1 -x 2 -m alltoall -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
+run dist -t 2 -x 1 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
+run timeout 60 $D -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
+run dist -t 1 -x 2 -m auto -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
+echo "done $(date -u)" >> "$G"

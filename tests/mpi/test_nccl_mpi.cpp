@@ -1,11 +1,19 @@
 // NCCL path on GPUs, one process per GPU under mpirun: communicator calls on device buffers,
 // the three bootstraps, and the distributed decode (CUDA backend, GPU cross-rank combine)
 // against the double reference, also replayed from a CUDA graph. Skips with < 2 GPUs.
+// Launch: mpirun -np 2 distmla_nccl_tests, or without MPI 2 processes with
+// DISTMLA_TEST_STORE=host:port DISTMLA_TEST_RANK=r DISTMLA_TEST_WORLD=2 (rank 0 hosts the store).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <thread>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -13,7 +21,9 @@
 #include "dist_test_util.h"
 #include "distmla/dist/decoder.h"
 #include "distmla/dist/nccl_communicator.h"
+#include "distmla/dist/mpi_communicator.h"
 #include "distmla/dist/shard_data.h"
+#include "distmla/dist/store_communicator.h"
 #include "distmla/dist/tcp_store.h"
 #include "distmla/reference.h"
 #include "distmla/workload.h"
@@ -26,15 +36,37 @@ namespace {
 
 #define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
 
-int mpi_rank() { int r; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
-int mpi_size() { int r; MPI_Comm_size(MPI_COMM_WORLD, &r); return r; }
+int my_device();
+
+// Host communicator of the launch (MPI or TCP store), set up by main().
+bool g_mpi = false;
+std::unique_ptr<TcpStoreServer> g_server;
+std::unique_ptr<TcpStoreClient> g_store;
+std::unique_ptr<Communicator> g_host;
+
+int mpi_rank() { return g_host->rank(); }
+int mpi_size() { return g_host->size(); }
+
+// NCCL communicator over all ranks: through MPI when launched by mpirun, else from an id
+// broadcast over the host communicator.
+std::unique_ptr<Communicator> make_world_nccl() {
+  if (g_mpi) return make_nccl_communicator_mpi(MPI_COMM_WORLD, my_device(), CommOptions{30000});
+  NcclId id{};
+  if (g_host->rank() == 0) id = nccl_unique_id();
+  throw_if_error(g_host->broadcast(id.bytes, sizeof(id.bytes), 0, nullptr));
+  return make_nccl_communicator(id, g_host->rank(), g_host->size(), my_device(), CommOptions{30000});
+}
 
 bool have_gpus() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) return false;
   return n >= mpi_size() && n >= 2;
 }
-int my_device() { int n = 1; cudaGetDeviceCount(&n); return mpi_rank() % n; }
+int my_device() {
+  int n = 1;
+  cudaGetDeviceCount(&n);
+  return mpi_rank() % n;
+}
 
 #define REQUIRE_GPUS()                                                      \
   do {                                                                      \
@@ -60,7 +92,7 @@ struct DevBuf {
 
 TEST(NcclComm, CollectivesOnDeviceBuffers) {
   REQUIRE_GPUS();
-  auto comm = make_nccl_communicator_mpi(MPI_COMM_WORLD, my_device(), CommOptions{30000});
+  auto comm = make_world_nccl();
   const int r = comm->rank(), n = comm->size();
   cudaStream_t st;
   CUDA_OK(cudaStreamCreate(&st));
@@ -99,7 +131,7 @@ TEST(NcclComm, BootstrapFromStoreAndFromId) {
     server = std::make_unique<TcpStoreServer>("127.0.0.1", 0);
     port = server->port();
   }
-  MPI_Bcast(&port, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  ASSERT_EQ(g_host->broadcast(&port, sizeof(port), 0, nullptr), dmlaSuccess);
   {
     TcpStoreClient store("127.0.0.1", port, "test/comm0");
     auto comm = make_nccl_communicator_store(store, "nccl_id", r, n, my_device(), CommOptions{30000});
@@ -108,17 +140,17 @@ TEST(NcclComm, BootstrapFromStoreAndFromId) {
   }
   NcclId id{};
   if (r == 0) id = nccl_unique_id();
-  MPI_Bcast(id.bytes, sizeof(id.bytes), MPI_BYTE, 0, MPI_COMM_WORLD);
+  ASSERT_EQ(g_host->broadcast(id.bytes, sizeof(id.bytes), 0, nullptr), dmlaSuccess);
   auto comm = make_nccl_communicator(id, r, n, my_device(), CommOptions{30000});
   EXPECT_EQ(comm->rank(), r);
   EXPECT_EQ(comm->barrier(), dmlaSuccess) << last_error_message();
-  MPI_Barrier(MPI_COMM_WORLD);  // the server outlives every client
+  ASSERT_EQ(g_host->barrier(), dmlaSuccess);  // the server outlives every client
 }
 
 TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
   REQUIRE_GPUS();
   if (!kernels::device_supported(my_device())) GTEST_SKIP() << "no sm_90 kernel for this device";
-  auto comm = make_nccl_communicator_mpi(MPI_COMM_WORLD, my_device(), CommOptions{30000});
+  auto comm = make_world_nccl();
   cudaStream_t st;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   for (int s_q : {1, 2, 4}) {
@@ -182,4 +214,46 @@ TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
       }
   }
   cudaStreamDestroy(st);
+}
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  const char* store = std::getenv("DISTMLA_TEST_STORE");
+  if (store) {
+    std::string host, err;
+    int port = 0;
+    if (!parse_host_port(store, &host, &port, &err)) {
+      std::fprintf(stderr, "%s\n", err.c_str());
+      return 2;
+    }
+    const int rank = std::atoi(std::getenv("DISTMLA_TEST_RANK") ? std::getenv("DISTMLA_TEST_RANK") : "0");
+    const int world = std::atoi(std::getenv("DISTMLA_TEST_WORLD") ? std::getenv("DISTMLA_TEST_WORLD") : "1");
+    if (rank == 0) g_server = std::make_unique<TcpStoreServer>(host, port);
+    g_store = std::make_unique<TcpStoreClient>(host, port, "nccl_tests");
+    g_host = make_store_communicator(*g_store, rank, world, CommOptions{60000});
+  } else {
+    MPI_Init(&argc, &argv);
+    g_mpi = true;
+    g_host = make_mpi_communicator(MPI_COMM_WORLD, CommOptions{60000});
+  }
+  int rc = RUN_ALL_TESTS();
+  // Every rank exits with the worst result.
+  std::vector<int> all(g_host->size());
+  if (g_host->all_gather(&rc, all.data(), sizeof(int), nullptr) == dmlaSuccess)
+    for (int v : all) rc = std::max(rc, v);
+  g_host.reset();
+  if (g_store) {
+    // Rank 0 hosts the store: it leaves only after every other rank is done with it.
+    int64_t n = 0;
+    if (g_server) {
+      for (int i = 0; i < 1000 && n < static_cast<int64_t>(all.size()) - 1; ++i) {
+        if (g_store->add("exited", 0, &n) != dmlaSuccess) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    } else {
+      g_store->add("exited", 1, &n);
+    }
+  }
+  if (g_mpi) MPI_Finalize();
+  return rc;
 }
