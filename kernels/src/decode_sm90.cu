@@ -1153,15 +1153,15 @@ EncodeTiledFn get_encode_fn() {
   return fn;
 }
 
-// DISTMLA_DECODE_KERNEL = wgmma (v1, default: redundant Q K^T) | wgmma2 (token-split Q K^T) |
+// DISTMLA_DECODE_KERNEL = wgmma2 (default: token-split Q K^T) | wgmma (v1: redundant Q K^T) |
 // simple (CUDA cores).
 enum class KernelKind { kWgmma, kWgmma2, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
-    if (e != nullptr && std::strcmp(e, "wgmma2") == 0) return KernelKind::kWgmma2;
-    return KernelKind::kWgmma;
+    if (e != nullptr && std::strcmp(e, "wgmma") == 0) return KernelKind::kWgmma;
+    return KernelKind::kWgmma2;
   }();
   return k;
 }
