@@ -1503,7 +1503,7 @@ EncodeTiledFn get_encode_fn() {
   return fn;
 }
 
-// DISTMLA_DECODE_KERNEL = wgmma2 (default: token-split Q K^T) | wgmma3 (v2 + producer warp) |
+// DISTMLA_DECODE_KERNEL = wgmma3 (default: v2 + producer warpgroup) | wgmma2 (token-split Q K^T) |
 // wgmma (v1: redundant Q K^T) | simple (CUDA cores).
 enum class KernelKind { kWgmma, kWgmma2, kWgmma3, kSimple };
 KernelKind kernel_kind() {
@@ -1511,8 +1511,8 @@ KernelKind kernel_kind() {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
     if (e != nullptr && std::strcmp(e, "wgmma") == 0) return KernelKind::kWgmma;
-    if (e != nullptr && std::strcmp(e, "wgmma3") == 0) return KernelKind::kWgmma3;
-    return KernelKind::kWgmma2;
+    if (e != nullptr && std::strcmp(e, "wgmma2") == 0) return KernelKind::kWgmma2;
+    return KernelKind::kWgmma3;
   }();
   return k;
 }
