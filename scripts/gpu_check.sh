@@ -78,7 +78,21 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   echo "## checked rows (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2})" >>"$OUT/bench.log"
   DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2} timeout 60 "$BENCH" -b 32 -s 1024 -H 16 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
   DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2} timeout 60 "$BENCH" -b 16 -s 2000 -H 128 -q 2 -V 1 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
+  echo "## schedule cost: short rows with the schedule reused (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2})" >>"$OUT/bench.log"
+  for r in 0 1; do
+    DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma2} timeout 60 "$BENCH" -b 128 -s 1024 -H 16 -g 1 -r $r >>"$OUT/bench.log" 2>&1
+  done
   cat "$OUT/bench.log" | tee -a "$SUM" >/dev/null
+fi
+
+# 5. Optional Nsight Compute profile of one decode launch (NCU=1; clocks left as they are).
+if [ "${NCU:-0}" = 1 ]; then
+  say "== ncu (DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-wgmma3}, b=128 S=8192 h_q=${NCU_H:-128})"
+  DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-wgmma3} timeout 150 ncu --clock-control none -k regex:decode_wgmma -c 1 \
+    --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    "$BENCH" -b 128 -s 8192 -H ${NCU_H:-128} -V 1 -n 1 -w 1 >"$OUT/ncu.txt" 2>&1
+  say "  rc=$?"
+  grep -E "Duration|Throughput|Pipe|Stall|Issued|Warp Cycles|Bandwidth|Busy" "$OUT/ncu.txt" | head -40 | tee -a "$SUM" >/dev/null
 fi
 
 echo

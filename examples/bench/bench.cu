@@ -41,6 +41,7 @@ struct Row {
 struct Opts {
   int b = -1, S = 1024, h = 16, s_q = 1, page = 64, iters = 30, warmup = 5, check = 0, varlen = 0, graph = -1;
   int causal = 1;
+  int reuse = 0;  // -r 1: timed calls reuse the schedule (DMLA_RUN_REUSE_SCHEDULE) left by the warm-up
 };
 
 uint64_t splitmix(uint64_t& s) {
@@ -185,9 +186,10 @@ void run_row(const Row& r, const Opts& o, const cudaDeviceProp& prop) {
   CUDA_OK(cudaStreamSynchronize(st));
   std::vector<cudaEvent_t> ev(2 * o.iters);
   for (auto& e : ev) CUDA_OK(cudaEventCreate(&e));
+  const unsigned run_flags = o.reuse ? DMLA_RUN_REUSE_SCHEDULE : 0u;
   for (int i = 0; i < o.iters; ++i) {
     CUDA_OK(cudaEventRecord(ev[2 * i], st));
-    plan.run(tensors(i), ws, plan.workspace_bytes(), st);
+    plan.run(tensors(i), ws, plan.workspace_bytes(), st, run_flags);
     CUDA_OK(cudaEventRecord(ev[2 * i + 1], st));
   }
   CUDA_OK(cudaStreamSynchronize(st));
@@ -203,7 +205,7 @@ void run_row(const Row& r, const Opts& o, const cudaDeviceProp& prop) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < K; ++i) plan.run(tensors(i), ws, plan.workspace_bytes(), st);
+    for (int i = 0; i < K; ++i) plan.run(tensors(i), ws, plan.workspace_bytes(), st, run_flags);
     CUDA_OK(cudaStreamEndCapture(st, &g));
     CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
     for (int i = 0; i < 3; ++i) CUDA_OK(cudaGraphLaunch(ge, st));
@@ -264,10 +266,11 @@ bool parse(int argc, char** argv, Opts* o) {
     else if (a == "-V") ok = val(&o->varlen);
     else if (a == "-g") ok = val(&o->graph);
     else if (a == "--causal") ok = val(&o->causal);
+    else if (a == "-r") ok = val(&o->reuse);
     else {
       std::printf(
           "usage: %s [-b batch -s mean_len -H h_q -q s_q -p page -n iters -w warmup -c check -V varlen "
-          "-g graph(0/1) --causal 0/1]\n  without -b: every row of DESIGN.md section 7\n",
+          "-g graph(0/1) --causal 0/1 -r reuse_schedule(0/1)]\n  without -b: every row of DESIGN.md section 7\n",
           argv[0]);
       return false;
     }
@@ -289,10 +292,11 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("# distmla_bench on %s (%d SMs, L2 %d MB), page %d, causal %d, median of %d runs after %d warm-up;\n"
+  std::printf("# distmla_bench on %s (%d SMs, L2 %d MB), page %d, causal %d, reuse_schedule %d, median of %d runs after %d warm-up;\n"
               "# us = whole call (schedule + decode + combine) timed with events, graph_us = per call replayed "
               "from a CUDA graph; TFLOP/s and GB/s from graph_us when present\n",
-              prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, o.page, o.causal, o.iters, o.warmup);
+              prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, o.page, o.causal, o.reuse, o.iters,
+              o.warmup);
   std::printf("%5s %4s %8s %4s %6s %10s %10s %8s %8s %5s  %s  %s\n", "b", "s_q", "mean_S", "h_q", "varlen", "us",
               "graph_us", "TFLOP/s", "GB/s", "pools", "card", "#wrong");
   std::vector<Row> rows;
