@@ -201,8 +201,11 @@ dmlaResult_t DistDecoder::run(const DecoderInputs& in, void* workspace, size_t w
   Impl& m = *impl_;
   const DecoderConfig& cfg = m.cfg;
   if (cfg.batch == 0) return dmlaSuccess;
+  // out/lse may be null on a rank whose head slice is empty (all-to-all, fewer heads than ranks).
+  const bool has_out = out_heads().count > 0;
   const char* missing = !in.q ? "q" : !in.kv_pool ? "kv_pool" : !in.block_table ? "block_table"
-                      : !in.seqlens ? "seqlens" : !in.out ? "out" : !in.lse ? "lse" : nullptr;
+                      : !in.seqlens ? "seqlens" : (has_out && !in.out) ? "out" : (has_out && !in.lse) ? "lse"
+                      : nullptr;
   if (missing) return set_error(dmlaErrorNullPointer, std::string("DistDecoder::run: ") + missing + " is null");
   if (ws_bytes < m.total)
     return set_error(dmlaErrorWorkspace, "DistDecoder::run: workspace_bytes = " + std::to_string(ws_bytes) +

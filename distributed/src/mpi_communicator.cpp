@@ -45,7 +45,10 @@ class MpiCommunicator final : public Communicator {
     if (opt.timeout_ms <= 0)
       DMLA_DIST_FAIL(dmlaErrorInvalidArgument,
                      "CommOptions::timeout_ms = " + std::to_string(opt.timeout_ms) + " (must be > 0)");
-    MPI_THROW(MPI_Comm_dup(comm, &comm_));
+    // Non-blocking dup so that a rank that never arrives gives a timeout, not a hang.
+    MPI_Request req;
+    MPI_THROW(MPI_Comm_idup(comm, &comm_, &req));
+    throw_if_error(wait_request(&req, "comm dup"));
     // Errors come back as codes, never abort the job.
     MPI_THROW(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
     MPI_THROW(MPI_Comm_rank(comm_, &rank_));
