@@ -51,7 +51,7 @@ struct DistDecoder::Impl {
   cudaEvent_t ev[4] = {};
   StepTiming host_timing;
 
-  Impl(Communicator& world, const DecoderConfig& c, const ShardPlan& s, dmlaDecodeShape_t ls, dmlaBackend_t be)
+  Impl(const DecoderConfig& c, const ShardPlan& s, dmlaDecodeShape_t ls, dmlaBackend_t be)
       : cfg(c), shard(s), backend(be), local(ls, be) {}
 };
 
@@ -101,7 +101,7 @@ static dmlaBackend_t resolve_backend(Communicator& world, dmlaBackend_t b) {
 DistDecoder::DistDecoder(Communicator& world, const DecoderConfig& cfg) {
   ShardPlan s = make_shard(world, cfg);
   const dmlaBackend_t be = resolve_backend(world, cfg.backend);
-  impl_ = std::make_unique<Impl>(world, cfg, s, local_shape(cfg, s), be);
+  impl_ = std::make_unique<Impl>(cfg, s, local_shape(cfg, s), be);
   Impl& m = *impl_;
   m.device = be == dmlaBackendCuda;
   m.h_tp = s.heads().count;

@@ -8,6 +8,11 @@
 //   - kAllGather: every rank gathers all CP partials and merges: out has the TP group's heads;
 //   - kAllToAll:  partials are exchanged by head slice and merged: out has this rank's slice.
 // A rank that holds no token of a row contributes lse = -inf, weight zero.
+//
+// CUDA graphs: run() on a capturing stream records the whole step (local decode, pack, NCCL,
+// combine); replay it as often as wanted. Destroy every graph exec that captured a step before
+// the DistDecoder and the communicators (their NCCL communicators are finalised on destruction,
+// with the CommOptions deadline, and aborted if that deadline passes).
 #pragma once
 
 #include <cstddef>
