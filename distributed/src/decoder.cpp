@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -39,8 +40,10 @@ struct DistDecoder::Impl {
   dmlaBackend_t backend = dmlaBackendCpu;
   bool device = false;
   std::unique_ptr<Communicator> cp_comm, tp_comm;
-  DecodePlan local;
-  size_t local_ws = 0;
+  DecodePlan local;               // this rank's pages (the bulk when split_tail)
+  std::unique_ptr<DecodePlan> tail;  // split_tail: the s_q - 1 newest tokens, exact per query
+  size_t local_ws = 0, tail_ws = 0;
+  size_t off_tail_ws = 0, off_ab = 0, ab_o_bytes = 0, ab_part_bytes = 0;
   // Workspace layout (offsets in bytes, 256-aligned).
   size_t off_stage = 0, off_send = 0, off_recv = 0, off_scratch = 0, total = 0;
   size_t o_bytes = 0;       // o block of one exchanged part/chunk
@@ -58,8 +61,8 @@ struct DistDecoder::Impl {
 static dmlaDecodeShape_t local_shape(const DecoderConfig& cfg, const ShardPlan& s) {
   dmlaDecodeShape_t ls;
   dmlaShapeInit(&ls);
-  ls.batch = s.local_batch(cfg.batch);
-  ls.s_q = s.local_s_q();
+  ls.batch = cfg.batch;
+  ls.s_q = cfg.s_q;
   ls.h_q = s.heads().count;
   ls.page_size = cfg.page_size;
   ls.num_blocks = cfg.num_blocks;
@@ -71,6 +74,16 @@ static dmlaDecodeShape_t local_shape(const DecoderConfig& cfg, const ShardPlan& 
   ls.causal = s.local_causal() ? 1 : 0;
   ls.check_inputs = 0;
   return ls;
+}
+
+// The tail problem of split_tail: batch * s_q rows of one query, non-causal, kTailPages pages.
+static dmlaDecodeShape_t tail_shape(const DecoderConfig& cfg, const ShardPlan& s) {
+  dmlaDecodeShape_t ts = local_shape(cfg, s);
+  ts.batch = cfg.batch * cfg.s_q;
+  ts.s_q = 1;
+  ts.max_blocks_per_seq = ShardPlan::kTailPages;
+  ts.causal = 0;
+  return ts;
 }
 
 static ShardPlan make_shard(Communicator& world, const DecoderConfig& cfg) {
@@ -131,6 +144,17 @@ DistDecoder::DistDecoder(Communicator& world, const DecoderConfig& cfg) {
   const size_t pe = elem_bytes(cfg.partial_dtype);
   m.direct = cfg.cp == 1 && cfg.partial_dtype == cfg.out_dtype;
   size_t off = m.local_ws;
+  if (s.split_tail()) {
+    m.tail = std::make_unique<DecodePlan>(tail_shape(cfg, s), be);
+    m.tail_ws = align_up(m.tail->workspace_bytes());
+    m.off_tail_ws = off;
+    off += m.tail_ws;
+    // Two parts (bulk, tail) of the same layout, merged before the exchange.
+    m.ab_o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
+    m.ab_part_bytes = align_up(m.ab_o_bytes + rows * m.h_tp * sizeof(float));
+    m.off_ab = off;
+    off += 2 * m.ab_part_bytes;
+  }
   if (m.mode == MergeMode::kAllGather) {
     m.o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
     m.part_bytes = align_up(m.o_bytes + rows * m.h_tp * sizeof(float));
@@ -151,7 +175,7 @@ DistDecoder::DistDecoder(Communicator& world, const DecoderConfig& cfg) {
   }
   if (!m.device) {
     m.off_scratch = off;
-    off += align_up(combine_host_scratch_bytes(cfg.cp));
+    off += align_up(combine_host_scratch_bytes(std::max(cfg.cp, 2)));
   }
   m.total = off;
 
@@ -168,7 +192,6 @@ DistDecoder::~DistDecoder() {
 const ShardPlan& DistDecoder::shard() const { return impl_->shard; }
 MergeMode DistDecoder::mode() const { return impl_->mode; }
 dmlaBackend_t DistDecoder::backend() const { return impl_->backend; }
-int DistDecoder::local_batch() const { return impl_->shard.local_batch(impl_->cfg.batch); }
 size_t DistDecoder::workspace_bytes() const { return impl_->total; }
 Communicator& DistDecoder::cp_group() { return *impl_->cp_comm; }
 Communicator& DistDecoder::tp_group() { return *impl_->tp_comm; }
@@ -241,19 +264,49 @@ dmlaResult_t DistDecoder::run(const DecoderInputs& in, void* workspace, size_t w
     part_o = ws + m.off_stage;
     part_lse = reinterpret_cast<float*>(ws + m.off_stage + m.stage_o_bytes);
   }
-  lt.out = part_o;
-  lt.lse = part_lse;
+  const bool split = m.shard.split_tail();
+  if (split && (!in.tail_block_table || !in.tail_seqlens))
+    return set_error(dmlaErrorNullPointer, "DistDecoder::run: tail_block_table or tail_seqlens is null "
+                                           "(needed with cp > 1, s_q > 1, causal)");
+  char* ab = ws + m.off_ab;
+  lt.out = split ? ab : part_o;
+  lt.lse = split ? reinterpret_cast<float*>(ab + m.ab_o_bytes) : part_lse;
   try {
     m.local.run(lt, ws, m.local_ws, stream);
+    if (split) {
+      dmlaDecodeTensors_t tt = lt;
+      tt.block_table = in.tail_block_table;
+      tt.seqlens = in.tail_seqlens;
+      tt.out = ab + m.ab_part_bytes;
+      tt.lse = reinterpret_cast<float*>(ab + m.ab_part_bytes + m.ab_o_bytes);
+      m.tail->run(tt, ws + m.off_tail_ws, m.tail_ws, stream);
+    }
   } catch (const Error& e) {
     return set_error(e.code(), std::string("DistDecoder::run: local decode: ") + e.what());
+  }
+  if (split) {
+    // Bulk (lse [b, h, s_q]) + tail (lse [b, s_q, h]) -> this rank's partial, merge law.
+    if (m.device) {
+      kernels::CrossRankCombineArgs a;
+      a.num_parts = 2; a.batch = cfg.batch; a.s_q = cfg.s_q; a.heads = m.h_tp; a.part_heads = m.h_tp;
+      a.parts = ab; a.part_stride = m.ab_part_bytes; a.lse_offset = m.ab_o_bytes;
+      a.part_type = to_elem(cfg.partial_dtype); a.bsh_from = 1; a.out = part_o;
+      a.out_type = to_elem(cfg.partial_dtype); a.lse_out = part_lse;
+      DMLA_DIST_CUDA_RET(kernels::cross_rank_combine(a, st));
+    } else {
+      CombineLayout l;
+      l.num_parts = 2; l.batch = cfg.batch; l.s_q = cfg.s_q; l.heads = m.h_tp; l.part_heads = m.h_tp;
+      l.part_stride = m.ab_part_bytes; l.lse_offset = m.ab_o_bytes; l.part_dtype = cfg.partial_dtype;
+      l.bsh_from = 1;
+      combine_host(l, ab, part_o, cfg.partial_dtype, part_lse, ws + m.off_scratch);
+    }
   }
   if (m.direct) {
     if (timing) for (int i = 1; i < 4; ++i) if (auto r = mark(i, &tp[i]); r != dmlaSuccess) return r;
     if (timing && !m.device) m.host_timing = {std::chrono::duration<double, std::micro>(tp[1] - tp[0]).count(), 0, 0};
     return dmlaSuccess;
   }
-  const bool lse_bsh_local = m.shard.flatten_queries();
+  const bool lse_bsh_local = false;  // the local partial's lse is [b, h, s_q]
   if (m.mode == MergeMode::kAllToAll) {
     if (m.device) {
       kernels::PackHeadSlicesArgs p;
@@ -291,14 +344,14 @@ dmlaResult_t DistDecoder::run(const DecoderInputs& in, void* workspace, size_t w
     a.num_parts = cfg.cp; a.batch = cfg.batch; a.s_q = cfg.s_q; a.heads = heads;
     a.part_heads = ag ? m.h_tp : m.max_slice; a.head_offset = 0; a.parts = parts;
     a.part_stride = m.part_bytes; a.lse_offset = m.o_bytes; a.part_type = to_elem(cfg.partial_dtype);
-    a.lse_bsh = ag ? lse_bsh_local : true; a.out = in.out; a.out_type = to_elem(cfg.out_dtype);
+    a.bsh_from = ag ? (1 << 30) : 0; a.out = in.out; a.out_type = to_elem(cfg.out_dtype);
     a.lse_out = in.lse;
     DMLA_DIST_CUDA_RET(kernels::cross_rank_combine(a, st));
   } else {
     CombineLayout l;
     l.num_parts = cfg.cp; l.batch = cfg.batch; l.s_q = cfg.s_q; l.heads = heads;
     l.part_heads = ag ? m.h_tp : m.max_slice; l.head_offset = 0; l.part_stride = m.part_bytes;
-    l.lse_offset = m.o_bytes; l.part_dtype = cfg.partial_dtype; l.lse_bsh = ag ? lse_bsh_local : true;
+    l.lse_offset = m.o_bytes; l.part_dtype = cfg.partial_dtype; l.bsh_from = ag ? (1 << 30) : 0;
     combine_host(l, parts, in.out, cfg.out_dtype, in.lse, ws + m.off_scratch);
   }
   if (auto r = mark(3, &tp[3]); r != dmlaSuccess) return r;

@@ -60,12 +60,11 @@ void combine_host(const CombineLayout& l, const void* parts, void* out, dmlaData
       for (int h = 0; h < l.heads; ++h) {
         const int ph = l.head_offset + h;
         const size_t o_index = ((static_cast<size_t>(b) * l.s_q + t) * l.part_heads + ph) * DMLA_D_V;
-        const size_t lse_index = l.lse_bsh
-                                     ? (static_cast<size_t>(b) * l.s_q + t) * l.part_heads + ph
-                                     : (static_cast<size_t>(b) * l.part_heads + ph) * l.s_q + t;
+        const size_t lse_bsh = (static_cast<size_t>(b) * l.s_q + t) * l.part_heads + ph;
+        const size_t lse_bhs = (static_cast<size_t>(b) * l.part_heads + ph) * l.s_q + t;
         for (size_t c = 0; c < n; ++c) {
           const char* part = base + c * l.part_stride;
-          lses[c] = reinterpret_cast<const float*>(part + l.lse_offset)[lse_index];
+          lses[c] = reinterpret_cast<const float*>(part + l.lse_offset)[static_cast<int>(c) >= l.bsh_from ? lse_bsh : lse_bhs];
           // A part with lse -inf carries weight zero whatever its o holds.
           if (lses[c] == -std::numeric_limits<float>::infinity())
             std::memset(rows + c * DMLA_D_V, 0, DMLA_D_V * sizeof(float));

@@ -34,7 +34,7 @@ RankShard shard_batch(const ShardPlan& plan, const dmlaDecodeShape_t& g, const d
   s.num_blocks = std::max(1, total_pages);
   const uint16_t nan_bits = 0x7FC0;  // bf16/fp16 NaN pattern is fine for "never read"
   s.kv.assign(static_cast<size_t>(s.num_blocks) * page_elems, nan_bits);
-  s.rank_block_table.assign(static_cast<size_t>(b) * s.max_blocks_per_seq, -1);
+  s.block_table.assign(static_cast<size_t>(b) * s.max_blocks_per_seq, -1);
   const uint16_t* kv = static_cast<const uint16_t*>(host.kv_pool);
   int next = 0;
   for (int i = 0; i < b; ++i) {
@@ -45,14 +45,17 @@ RankShard shard_batch(const ShardPlan& plan, const dmlaDecodeShape_t& g, const d
       const int tokens = static_cast<int>(std::min<int64_t>(ps, len - static_cast<int64_t>(p) * ps));
       std::memcpy(s.kv.data() + next * page_elems, kv + static_cast<size_t>(phys) * page_elems,
                   sizeof(uint16_t) * tokens * DMLA_D_QK);
-      s.rank_block_table[static_cast<size_t>(i) * s.max_blocks_per_seq + p / plan.cp()] = next++;
+      s.block_table[static_cast<size_t>(i) * s.max_blocks_per_seq + p / plan.cp()] = next++;
     }
   }
-  const int lb = plan.local_batch(b);
-  s.seqlens.resize(lb);
+  s.seqlens.resize(b);
   plan.local_seqlens(seqlens, b, s.seqlens.data());
-  s.block_table.resize(static_cast<size_t>(lb) * s.max_blocks_per_seq);
-  plan.local_block_table(s.rank_block_table.data(), b, s.max_blocks_per_seq, s.block_table.data());
+  if (plan.split_tail()) {
+    s.tail_seqlens.resize(static_cast<size_t>(b) * g.s_q);
+    plan.tail_seqlens(seqlens, b, s.tail_seqlens.data());
+    s.tail_block_table.resize(static_cast<size_t>(b) * g.s_q * ShardPlan::kTailPages);
+    plan.tail_block_table(seqlens, s.block_table.data(), b, s.max_blocks_per_seq, s.tail_block_table.data());
+  }
   const Range hr = plan.heads();
   s.q = slice_heads(static_cast<const uint16_t*>(host.q), b, g.s_q, g.h_q, DMLA_D_QK, hr.begin, hr.count);
   return s;

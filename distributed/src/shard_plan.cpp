@@ -70,27 +70,42 @@ int ShardPlan::local_pages(int64_t len) const {
   return static_cast<int>(pages / cp_ + (cp_rank_ < pages % cp_ ? 1 : 0));
 }
 
+int64_t ShardPlan::visible_tokens(int64_t len, int t) const {
+  const int64_t global_visible = causal_ ? std::max<int64_t>(0, len - s_q_ + t + 1) : len;
+  return tokens_on_rank(global_visible, page_size_, cp_, cp_rank_);
+}
+
 void ShardPlan::local_seqlens(const int32_t* global_seqlens, int batch, int32_t* out) const {
   for (int i = 0; i < batch; ++i) {
-    const int64_t len = global_seqlens[i];
-    if (!flatten_queries()) {
-      out[i] = static_cast<int32_t>(local_tokens(len));
-      continue;
-    }
-    for (int t = 0; t < s_q_; ++t) {
-      // Query t sees global tokens 0 .. len - s_q + t.
-      const int64_t visible = std::max<int64_t>(0, len - s_q_ + t + 1);
-      out[i * s_q_ + t] = static_cast<int32_t>(tokens_on_rank(visible, page_size_, cp_, cp_rank_));
+    if (!split_tail()) {
+      out[i] = static_cast<int32_t>(local_tokens(global_seqlens[i]));
+    } else {
+      // Whole pages below what query 0 sees: visible to every query.
+      out[i] = static_cast<int32_t>(visible_tokens(global_seqlens[i], 0) / page_size_ * page_size_);
     }
   }
 }
 
-void ShardPlan::local_block_table(const int32_t* rank_table, int batch, int mbps, int32_t* out) const {
-  const int rep = flatten_queries() ? s_q_ : 1;
-  for (int i = 0; i < batch; ++i)
-    for (int t = 0; t < rep; ++t)
-      std::memcpy(out + (static_cast<size_t>(i) * rep + t) * mbps, rank_table + static_cast<size_t>(i) * mbps,
-                  sizeof(int32_t) * mbps);
+void ShardPlan::tail_seqlens(const int32_t* global_seqlens, int batch, int32_t* out) const {
+  for (int i = 0; i < batch; ++i) {
+    const int64_t bulk = visible_tokens(global_seqlens[i], 0) / page_size_ * page_size_;
+    for (int t = 0; t < s_q_; ++t)
+      out[i * s_q_ + t] = static_cast<int32_t>(visible_tokens(global_seqlens[i], t) - bulk);
+  }
+}
+
+void ShardPlan::tail_block_table(const int32_t* global_seqlens, const int32_t* rank_table, int batch, int mbps,
+                                 int32_t* out) const {
+  for (int i = 0; i < batch; ++i) {
+    const int64_t first = visible_tokens(global_seqlens[i], 0) / page_size_;
+    const int pages = local_pages(global_seqlens[i]);
+    for (int t = 0; t < s_q_; ++t)
+      for (int k = 0; k < kTailPages; ++k) {
+        const int64_t p = first + k;
+        out[(static_cast<size_t>(i) * s_q_ + t) * kTailPages + k] =
+            p < pages && p < mbps ? rank_table[static_cast<size_t>(i) * mbps + p] : -1;
+      }
+  }
 }
 
 CostEstimate estimate_cost(int batch, double mean_len, int s_q, int h_q, int tp, int cp,
@@ -100,8 +115,10 @@ CostEstimate estimate_cost(int batch, double mean_len, int s_q, int h_q, int tp,
   const double pages = std::ceil(mean_len / page_size);
   const double rank_pages = std::ceil(pages / cp);
   c.kv_bytes_per_gpu = batch * rank_pages * page_size * token_bytes;
-  const bool flatten = cp > 1 && s_q > 1 && causal;
-  c.kv_read_bytes_per_gpu = batch * (mean_len / cp) * token_bytes * (flatten ? s_q : 1);
+  const bool split = cp > 1 && s_q > 1 && causal;
+  // The tail part re-reads at most kTailPages pages a query row.
+  c.kv_read_bytes_per_gpu =
+      batch * ((mean_len / cp) + (split ? s_q * ShardPlan::kTailPages * page_size / 2.0 : 0)) * token_bytes;
   const int h_tp = (h_q + tp - 1) / tp;
   const int slice = (h_tp + cp - 1) / cp;
   const double row = DMLA_D_V * static_cast<double>(partial_bytes) + 4.0;  // o + fp32 lse

@@ -169,6 +169,7 @@ int run(const JobOptions& opt) {
 
   if (gpus) {
     auto q = upload(s.q), kv = upload(s.kv), bt = upload(s.block_table), sl = upload(s.seqlens);
+    auto tbt = upload(s.tail_block_table), tsl = upload(s.tail_seqlens);
     DevMem dout(out_bytes), dlse(lse_elems * 4), ws(dec.workspace_bytes());
     cudaStream_t st;
     DJ_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -178,6 +179,7 @@ int run(const JobOptions& opt) {
     DecoderInputs in;
     in.q = q->p; in.kv_pool = kv->p; in.block_table = static_cast<const int32_t*>(bt->p);
     in.seqlens = static_cast<const int32_t*>(sl->p); in.out = dout.p; in.lse = static_cast<float*>(dlse.p);
+    in.tail_block_table = static_cast<const int32_t*>(tbt->p); in.tail_seqlens = static_cast<const int32_t*>(tsl->p);
     for (int i = 0; i < opt.warmup; ++i) check_dist(dec.run(in, ws.p, dec.workspace_bytes(), st), "run");
     DJ_CUDA(cudaMemsetAsync(dout.p, 0xff, out_bytes, st));  // NaN poison
     DJ_CUDA(cudaMemsetAsync(dlse.p, 0xff, lse_elems * 4, st));
@@ -207,6 +209,7 @@ int run(const JobOptions& opt) {
     DecoderInputs in;
     in.q = s.q.data(); in.kv_pool = s.kv.data(); in.block_table = s.block_table.data();
     in.seqlens = s.seqlens.data(); in.out = out.data(); in.lse = lse.data();
+    in.tail_block_table = s.tail_block_table.data(); in.tail_seqlens = s.tail_seqlens.data();
     for (int i = 0; i < opt.warmup; ++i) check_dist(dec.run(in, ws, dec.workspace_bytes(), nullptr), "run");
     std::memset(out.data(), 0xff, out_bytes);
     std::fill(lse.begin(), lse.end(), NAN);

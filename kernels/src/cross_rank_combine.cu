@@ -39,14 +39,14 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs 
   const int b = bt / a.s_q;
   const int ph = a.head_offset + h;
   const size_t o_index = (static_cast<size_t>(bt) * a.part_heads + ph) * kDv;
-  const size_t lse_index = a.lse_bsh ? static_cast<size_t>(bt) * a.part_heads + ph
-                                     : (static_cast<size_t>(b) * a.part_heads + ph) * a.s_q + t;
+  const size_t lse_bsh = static_cast<size_t>(bt) * a.part_heads + ph;
+  const size_t lse_bhs = (static_cast<size_t>(b) * a.part_heads + ph) * a.s_q + t;
   const char* parts = static_cast<const char*>(a.parts);
 
   // Every thread reads the few lse values itself (num_parts is small): no shared memory.
   float m = -INFINITY;
   for (int c = 0; c < a.num_parts; ++c) {
-    const float l = reinterpret_cast<const float*>(parts + c * a.part_stride + a.lse_offset)[lse_index];
+    const float l = reinterpret_cast<const float*>(parts + c * a.part_stride + a.lse_offset)[c >= a.bsh_from ? lse_bsh : lse_bhs];
     m = fmaxf(m, l);
   }
   float acc[kPerThread] = {};
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs 
     float sum = 0.f;
     for (int c = 0; c < a.num_parts; ++c) {
       const char* part = parts + c * a.part_stride;
-      const float l = reinterpret_cast<const float*>(part + a.lse_offset)[lse_index];
+      const float l = reinterpret_cast<const float*>(part + a.lse_offset)[c >= a.bsh_from ? lse_bsh : lse_bhs];
       if (l == -INFINITY) continue;  // weight zero; its o is never read (may be anything)
       const float w = __expf(l - m);
       sum += w;

@@ -71,7 +71,8 @@ void run_case(const Case& c) {
       std::vector<float> lse(static_cast<size_t>(g.batch) * oh.count * g.s_q, NAN);
       DecoderInputs in;
       in.q = s.q.data(); in.kv_pool = s.kv.data(); in.block_table = s.block_table.data();
-      in.seqlens = s.seqlens.data(); in.out = out.data(); in.lse = lse.data();
+      in.seqlens = s.seqlens.data();
+      in.tail_block_table = s.tail_block_table.data(); in.tail_seqlens = s.tail_seqlens.data(); in.out = out.data(); in.lse = lse.data();
       ASSERT_EQ(dec.run(in, wsp, dec.workspace_bytes(), nullptr), dmlaSuccess) << last_error_message();
       StepTiming t;
       EXPECT_EQ(dec.last_timing(&t), dmlaSuccess);

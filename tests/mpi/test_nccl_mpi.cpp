@@ -175,13 +175,14 @@ TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
         DistDecoder dec(*comm, cfg);
         const Range oh = dec.out_heads();
         DevBuf<uint16_t> q(s.q), kv(s.kv), out(static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V);
-        DevBuf<int32_t> bt(s.block_table), sl(s.seqlens);
+        DevBuf<int32_t> bt(s.block_table), sl(s.seqlens), tbt(s.tail_block_table), tsl(s.tail_seqlens);
         DevBuf<float> lse(static_cast<size_t>(g.batch) * oh.count * g.s_q);
         DevBuf<char> ws(dec.workspace_bytes());
         CUDA_OK(cudaMemset(out.p, 0xFF, out.n * 2));  // poison: NaN everywhere
         CUDA_OK(cudaMemset(lse.p, 0xFF, lse.n * 4));
         DecoderInputs in;
-        in.q = q.p; in.kv_pool = kv.p; in.block_table = bt.p; in.seqlens = sl.p; in.out = out.p; in.lse = lse.p;
+        in.q = q.p; in.kv_pool = kv.p; in.block_table = bt.p; in.seqlens = sl.p; in.out = out.p;
+        in.tail_block_table = tbt.p; in.tail_seqlens = tsl.p; in.lse = lse.p;
         ASSERT_EQ(dec.run(in, ws.p, dec.workspace_bytes(), st), dmlaSuccess) << last_error_message();
         ASSERT_EQ(comm->wait(st), dmlaSuccess) << last_error_message();
         auto ho = out.host();

@@ -71,48 +71,70 @@ TEST(ShardPlan, LocalTokenIndexIsPacked) {
   }
 }
 
-TEST(ShardPlan, FlattenedCausalCountsAreExact) {
+TEST(ShardPlan, VisibleCountsAreExact) {
   // Brute force: query t of a sequence of length L sees global tokens 0..L-s_q+t; the rank's
-  // visible count is the number of those it owns, and they are its first local tokens.
+  // visible count is the number of those it owns (they are its first local tokens).
   const int ps = 16;
   for (int cp : {2, 3, 4})
     for (int s_q = 2; s_q <= 4; ++s_q)
       for (int r = 0; r < cp; ++r) {
         ShardPlan p(cp, r, 1, cp, 4, s_q, true, ps);
-        ASSERT_TRUE(p.flatten_queries());
-        std::vector<int32_t> lens;
-        for (int L = 0; L < 5 * ps * cp; ++L) lens.push_back(L);
-        std::vector<int32_t> local(lens.size() * s_q);
-        p.local_seqlens(lens.data(), static_cast<int>(lens.size()), local.data());
-        for (size_t i = 0; i < lens.size(); ++i)
+        ASSERT_TRUE(p.split_tail());
+        for (int L = 0; L < 5 * ps * cp; ++L)
           for (int t = 0; t < s_q; ++t) {
             int brute = 0;
-            for (int g = 0; g <= lens[i] - s_q + t; ++g) brute += owner_cp_rank(g, ps, cp) == r;
-            ASSERT_EQ(local[i * s_q + t], brute) << "L " << lens[i] << " t " << t << " r " << r;
+            for (int g = 0; g <= L - s_q + t; ++g) brute += owner_cp_rank(g, ps, cp) == r;
+            ASSERT_EQ(p.visible_tokens(L, t), brute) << "L " << L << " t " << t << " r " << r;
           }
       }
 }
 
-TEST(ShardPlan, LocalCausalRuleIsNotExactWithCp) {
-  // Why the queries are flattened: with cp 2, page 16, L = 17, s_q = 2, rank 0 holds tokens
-  // 0..15 and both queries see all of them, but "L_local - s_q + t" would hide one for t = 0.
-  ShardPlan p(2, 0, 1, 2, 4, 2, true, 16);
-  int32_t len = 17, local[2];
-  p.local_seqlens(&len, 1, local);
-  EXPECT_EQ(local[0], 16);
-  EXPECT_EQ(local[1], 16);
-  EXPECT_NE(p.local_tokens(17) - 2 + 0 + 1, local[0]);
+TEST(ShardPlan, BulkPlusTailCoverExactlyTheVisibleTokens) {
+  // bulk (whole pages, every query) + tail row (i, t) == visible tokens of query t, and the tail
+  // block table starts at the first page after the bulk and needs at most kTailPages pages.
+  const int ps = 16;
+  for (int cp : {2, 3})
+    for (int s_q = 2; s_q <= 4; ++s_q)
+      for (int r = 0; r < cp; ++r) {
+        ShardPlan p(cp, r, 1, cp, 4, s_q, true, ps);
+        std::vector<int32_t> lens;
+        for (int L = 0; L < 4 * ps * cp; ++L) lens.push_back(L);
+        const int b = static_cast<int>(lens.size()), mbps = 8;
+        std::vector<int32_t> table(static_cast<size_t>(b) * mbps);
+        for (size_t k = 0; k < table.size(); ++k) table[k] = static_cast<int32_t>(1000 + k);
+        std::vector<int32_t> bulk(b), tail(static_cast<size_t>(b) * s_q),
+            tail_table(static_cast<size_t>(b) * s_q * ShardPlan::kTailPages);
+        p.local_seqlens(lens.data(), b, bulk.data());
+        p.tail_seqlens(lens.data(), b, tail.data());
+        p.tail_block_table(lens.data(), table.data(), b, mbps, tail_table.data());
+        for (int i = 0; i < b; ++i) {
+          EXPECT_EQ(bulk[i] % ps, 0);
+          for (int t = 0; t < s_q; ++t) {
+            const int32_t n = tail[i * s_q + t];
+            EXPECT_GE(n, 0);
+            EXPECT_LE(n, ShardPlan::kTailPages * ps);
+            EXPECT_EQ(bulk[i] + n, p.visible_tokens(lens[i], t));
+            const int32_t* row = &tail_table[(static_cast<size_t>(i) * s_q + t) * ShardPlan::kTailPages];
+            for (int k = 0; k * ps < n; ++k) EXPECT_EQ(row[k], table[static_cast<size_t>(i) * mbps + bulk[i] / ps + k]);
+          }
+        }
+      }
 }
 
-TEST(ShardPlan, NoFlattenWithoutCpOrCausal) {
-  EXPECT_FALSE(ShardPlan(2, 0, 2, 1, 4, 3, true, 64).flatten_queries());
-  EXPECT_FALSE(ShardPlan(2, 0, 1, 2, 4, 3, false, 64).flatten_queries());
-  EXPECT_FALSE(ShardPlan(2, 0, 1, 2, 4, 1, true, 64).flatten_queries());
+TEST(ShardPlan, LocalCausalRuleIsNotExactWithCp) {
+  // Why the step is split: with cp 2, page 16, L = 17, s_q = 2, rank 0 holds tokens 0..15 and
+  // both queries see all of them, but "L_local - s_q + t" would hide one for t = 0.
+  ShardPlan p(2, 0, 1, 2, 4, 2, true, 16);
+  EXPECT_EQ(p.visible_tokens(17, 0), 16);
+  EXPECT_EQ(p.visible_tokens(17, 1), 16);
+  EXPECT_NE(p.local_tokens(17) - 2 + 0 + 1, p.visible_tokens(17, 0));
+}
+
+TEST(ShardPlan, NoSplitWithoutCpOrCausal) {
+  EXPECT_FALSE(ShardPlan(2, 0, 2, 1, 4, 3, true, 64).split_tail());
+  EXPECT_FALSE(ShardPlan(2, 0, 1, 2, 4, 3, false, 64).split_tail());
+  EXPECT_FALSE(ShardPlan(2, 0, 1, 2, 4, 1, true, 64).split_tail());
   ShardPlan p(2, 1, 1, 2, 4, 2, true, 64);
-  std::vector<int32_t> table = {7, 8, 9};
-  std::vector<int32_t> out(6);
-  p.local_block_table(table.data(), 1, 3, out.data());
-  EXPECT_EQ(out, (std::vector<int32_t>{7, 8, 9, 7, 8, 9}));
   EXPECT_EQ(p.local_pages(129), 1);  // pages 0,1,2: rank 1 holds page 1
   EXPECT_EQ(p.local_pages(64), 0);
 }

@@ -52,7 +52,8 @@ TEST(StoreDecode, FourThreadRanksMatchReference) {
             void* ws = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws_d.data()) + 255) / 256 * 256);
             DecoderInputs in;
             in.q = s.q.data(); in.kv_pool = s.kv.data(); in.block_table = s.block_table.data();
-            in.seqlens = s.seqlens.data(); in.out = out.data(); in.lse = lse.data();
+            in.seqlens = s.seqlens.data();
+            in.tail_block_table = s.tail_block_table.data(); in.tail_seqlens = s.tail_seqlens.data(); in.out = out.data(); in.lse = lse.data();
             if (dec.run(in, ws, dec.workspace_bytes(), nullptr) != dmlaSuccess) {
               ADD_FAILURE() << "rank " << r << ": " << last_error_message();
               ++failures;

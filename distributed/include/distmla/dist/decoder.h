@@ -50,14 +50,18 @@ struct DecoderConfig {
 struct DecoderInputs {
   const void* q = nullptr;            // [batch, s_q, heads().count, 576] this rank's TP heads
   const void* kv_pool = nullptr;      // [num_blocks, page_size, 576] this rank's pool
-  const int32_t* block_table = nullptr;  // [local_batch, max_blocks_per_seq] (ShardPlan)
-  const int32_t* seqlens = nullptr;      // [local_batch] (ShardPlan::local_seqlens)
+  const int32_t* block_table = nullptr;  // [batch, max_blocks_per_seq] this rank's pages
+  const int32_t* seqlens = nullptr;      // [batch] ShardPlan::local_seqlens
+  // Only when shard().split_tail() (CP > 1, s_q > 1, causal): ShardPlan::tail_block_table
+  // [batch * s_q, kTailPages] and ShardPlan::tail_seqlens [batch * s_q].
+  const int32_t* tail_block_table = nullptr;
+  const int32_t* tail_seqlens = nullptr;
   void* out = nullptr;                // [batch, s_q, out_heads().count, 512] out_dtype
   float* lse = nullptr;               // [batch, out_heads().count, s_q]
 };
 
 struct StepTiming {
-  double attention_us = 0;  // local decode (+ head-slice pack)
+  double attention_us = 0;  // local decode (+ bulk/tail merge, head-slice pack)
   double exchange_us = 0;   // all-gather / all-to-all
   double merge_us = 0;      // cross-rank combine
 };
@@ -75,7 +79,6 @@ class DistDecoder {
   MergeMode mode() const;              // resolved (never kAuto)
   dmlaBackend_t backend() const;       // resolved
   Range out_heads() const;             // global heads this rank's out holds
-  int local_batch() const;
   size_t workspace_bytes() const;
   Communicator& cp_group();
   Communicator& tp_group();

@@ -11,8 +11,8 @@
 namespace distmla::dist {
 
 // num_parts partials of one [batch, s_q, part_heads, 512] o block (partial dtype) followed,
-// lse_offset bytes from the part start, by fp32 lse in [b, s_q, part_heads] (lse_bsh) or
-// [b, part_heads, s_q] layout. Parts are part_stride bytes apart.
+// lse_offset bytes from the part start, by fp32 lse in [b, part_heads, s_q] (parts c < bsh_from)
+// or [b, s_q, part_heads] (parts c >= bsh_from) layout. Parts are part_stride bytes apart.
 struct CombineLayout {
   int num_parts = 1;
   int batch = 0;
@@ -23,7 +23,7 @@ struct CombineLayout {
   size_t part_stride = 0;
   size_t lse_offset = 0;
   dmlaDataType_t part_dtype = dmlaBF16;
-  bool lse_bsh = false;
+  int bsh_from = 1 << 30;
 };
 
 // Host scratch bytes combine_host needs for num_parts.

@@ -16,9 +16,10 @@ struct RankShard {
   int num_blocks = 0;          // blocks of the local pool (at least 1)
   int max_blocks_per_seq = 1;  // local pages a sequence may hold (at least 1)
   std::vector<uint16_t> kv;    // [num_blocks, page_size, 576]; unused tails stay NaN
-  std::vector<int32_t> rank_block_table;  // [batch, max_blocks_per_seq], unused -1
-  std::vector<int32_t> block_table;       // local problem: [local_batch, max_blocks_per_seq]
-  std::vector<int32_t> seqlens;           // local problem: [local_batch]
+  std::vector<int32_t> block_table;       // [batch, max_blocks_per_seq], unused -1
+  std::vector<int32_t> seqlens;           // [batch] ShardPlan::local_seqlens
+  std::vector<int32_t> tail_block_table;  // split_tail: [batch * s_q, kTailPages]
+  std::vector<int32_t> tail_seqlens;      // split_tail: [batch * s_q]
   std::vector<uint16_t> q;                // [batch, s_q, heads().count, 576]
 };
 

@@ -9,15 +9,16 @@
 //   token g is its local token (g / page / CP) * page + g % page.
 // - Causal masking with s_q > 1 depends on GLOBAL positions: query t sees global tokens
 //   0 .. L - s_q + t. On a CP rank the visible part is a prefix of its local tokens, but its
-//   length does not follow the single-device rule "L_local - s_q + t" (a rank that holds none
-//   of the last s_q - 1 tokens must see all its tokens for every t; when the tail straddles a
-//   page boundary two ranks each hold part of it). So with CP > 1, s_q > 1 and causal, the
-//   local problem flattens the queries: batch * s_q rows of s_q = 1, row (i, t) with seqlen =
-//   its exact visible count on this rank and sequence i's block-table row. q and out keep
-//   their memory layout ([b, s_q, h, D] == [b * s_q, 1, h, D]); lse comes out as [b, s_q, h]
-//   and the cross-rank combine reads it in that layout. Exact for every length; it costs KV
-//   re-reads across the s_q queries (see the report: a per-query visible-length kernel
-//   contract would remove them).
+//   length v(t) does not follow the single-device rule "L_local - s_q + t" (a rank that holds
+//   none of the last s_q - 1 tokens must see all its tokens for every t; when the tail
+//   straddles a page boundary two ranks each hold part of it). So with CP > 1, s_q > 1 and
+//   causal, a rank splits its problem in two exact, non-causal parts:
+//     bulk: batch rows, all s_q queries, the whole local pages below v(0) (every query sees
+//           them), read once for all queries;
+//     tail: batch * s_q rows of s_q = 1, row (i, t) sees local tokens bulk .. v(t) - 1, through
+//           a block table shifted by bulk / page pages (at most kTailPages pages a row);
+//   and merges the two (o, lse) pairs with the merge law before the cross-rank exchange.
+//   Exact for every length, and the extra KV read is at most two pages a row.
 #pragma once
 
 #include <cstddef>
@@ -78,24 +79,26 @@ class ShardPlan {
   Range my_slice() const { return slice(cp_rank_); }
   int max_slice() const { return (heads().count + cp_ - 1) / cp_; }
 
-  // True when the local problem flattens the queries (CP > 1, s_q > 1, causal).
-  bool flatten_queries() const { return cp_ > 1 && s_q_ > 1 && causal_; }
-  // Rows and s_q of the local single-device problem.
-  int local_batch(int batch) const { return flatten_queries() ? batch * s_q_ : batch; }
-  int local_s_q() const { return flatten_queries() ? 1 : s_q_; }
-  bool local_causal() const { return flatten_queries() ? false : causal_; }
+  // True when the local problem is split into bulk + tail (CP > 1, s_q > 1, causal).
+  bool split_tail() const { return cp_ > 1 && s_q_ > 1 && causal_; }
+  static constexpr int kTailPages = 2;  // (page - 1) + (s_q - 1) < 2 pages for s_q <= 4
+  // Causal flag of the (bulk) local problem.
+  bool local_causal() const { return split_tail() ? false : causal_; }
 
   // Pages this rank holds of a sequence of global length len.
   int local_pages(int64_t len) const;
   // Local tokens this rank holds of a sequence of global length len.
   int64_t local_tokens(int64_t len) const { return tokens_on_rank(len, page_size_, cp_, cp_rank_); }
+  // Local tokens query t of a sequence of global length len may see on this rank.
+  int64_t visible_tokens(int64_t len, int t) const;
 
-  // Local seqlens [local_batch(batch)] from the global seqlens [batch]: flattened, row (i, t)
-  // gets the exact number of its tokens on this rank that query t may see.
+  // Seqlens [batch] of the local problem: the local tokens, or (split_tail) the bulk.
   void local_seqlens(const int32_t* global_seqlens, int batch, int32_t* out) const;
-  // Local block table [local_batch(batch), mbps] from this rank's table [batch, mbps]
-  // (rows repeated s_q times when flattened).
-  void local_block_table(const int32_t* rank_table, int batch, int mbps, int32_t* out) const;
+  // split_tail only: seqlens [batch * s_q] and block table [batch * s_q, kTailPages] (unused
+  // entries -1) of the tail problem, from the global seqlens and this rank's table [batch, mbps].
+  void tail_seqlens(const int32_t* global_seqlens, int batch, int32_t* out) const;
+  void tail_block_table(const int32_t* global_seqlens, const int32_t* rank_table, int batch, int mbps,
+                        int32_t* out) const;
 
  private:
   int world_, rank_, tp_, cp_, tp_rank_, cp_rank_, h_q_, s_q_, page_size_;
@@ -105,7 +108,7 @@ class ShardPlan {
 // What a layout costs a GPU for b sequences of mean length mean_len (DESIGN.md section 7 terms).
 struct CostEstimate {
   double kv_bytes_per_gpu = 0;        // KV pages a GPU holds (its share, whole pages)
-  double kv_read_bytes_per_gpu = 0;   // KV bytes a GPU reads per step (flattened: s_q times)
+  double kv_read_bytes_per_gpu = 0;   // KV bytes a GPU reads per step (+ tail pages with MTP)
   double allgather_bytes_per_gpu = 0;  // partial bytes a GPU receives per step, all-gather
   double alltoall_bytes_per_gpu = 0;   // same for all-to-all by head slices
   MergeMode recommended = MergeMode::kAllGather;

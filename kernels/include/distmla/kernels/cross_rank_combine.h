@@ -15,8 +15,9 @@
 namespace distmla::kernels {
 
 // num_parts parts, part_stride bytes apart. A part: o [batch, s_q, part_heads, 512] of
-// part_type, then at lse_offset bytes fp32 lse in [batch, s_q, part_heads] (lse_bsh) or
-// [batch, part_heads, s_q]. Heads head_offset .. head_offset + heads are merged into
+// part_type, then at lse_offset bytes fp32 lse in [batch, part_heads, s_q] for parts
+// c < bsh_from and [batch, s_q, part_heads] for parts c >= bsh_from (what a decode of
+// batch * s_q rows with s_q = 1 writes). Heads head_offset .. head_offset + heads are merged into
 // out [batch, s_q, heads, 512] (out_type) and lse_out [batch, heads, s_q].
 struct CrossRankCombineArgs {
   int num_parts = 1;
@@ -29,7 +30,7 @@ struct CrossRankCombineArgs {
   size_t part_stride = 0;
   size_t lse_offset = 0;
   ElemType part_type = ElemType::kBF16;
-  bool lse_bsh = false;
+  int bsh_from = 1 << 30;  // first part whose lse is [batch, s_q, part_heads]
   void* out = nullptr;
   ElemType out_type = ElemType::kBF16;
   float* lse_out = nullptr;
