@@ -54,6 +54,11 @@ run dist -t 1 -x 2 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
 run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 20 -w 3
 run dist -t 2 -x 1 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
 run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -q 2 -n 20 -w 3
+run dist -t 1 -x 2 -m allgather -b 32 -s 4096 -H 128 -q 4 -n 20 -w 3
+run timeout 60 $D -b 32 -s 4096 -H 128 -q 2 -n 20 -w 3 -c 0
+# MTP, memory-bound heads: the bulk + tail split reads each KV page once
+run timeout 60 $D -b 64 -s 8192 -H 16 -q 2 -n 20 -w 3 -c 0
+run dist -t 1 -x 2 -m allgather -b 64 -s 8192 -H 16 -q 2 -n 20 -w 3
 run timeout 60 $D -b 32 -s 4096 -H 128 -n 20 -w 3
 # large rows (no CPU check): single device vs 1x2 (both merges) vs 2x1
 run timeout 60 $D -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
