@@ -12,6 +12,7 @@
 #include "distmla/dist/shard_data.h"
 #include "distmla/dist/store_communicator.h"
 #include "distmla/dist/tcp_store.h"
+#include "distmla/distmla.hpp"
 #include "distmla/reference.h"
 #include "distmla/workload.h"
 
@@ -74,4 +75,48 @@ TEST(StoreDecode, FourThreadRanksMatchReference) {
       for (auto& t : ranks) t.join();
       EXPECT_EQ(failures.load(), 0);
     }
+}
+
+TEST(StoreDecode, BadConfigAndInputsAreRejectedNamingTheValue) {
+  TcpStoreServer server("127.0.0.1", 0);
+  TcpStoreClient store("127.0.0.1", server.port(), "validation");
+  auto comm = make_store_communicator(store, 0, 1, CommOptions{2000});
+  DecoderConfig cfg;
+  cfg.batch = 2; cfg.h_q = 8; cfg.num_blocks = 4; cfg.max_blocks_per_seq = 2;
+  cfg.tp = 2;  // world is 1
+  try {
+    DistDecoder d(*comm, cfg);
+    FAIL() << "accepted tp 2 on a world of 1";
+  } catch (const distmla::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("world = 1"), std::string::npos) << e.what();
+  }
+  cfg.tp = 1;
+  cfg.partial_dtype = dmlaFP16;  // q is bf16
+  try {
+    DistDecoder d(*comm, cfg);
+    FAIL() << "accepted fp16 partials for bf16 q";
+  } catch (const distmla::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("partial_dtype = fp16"), std::string::npos) << e.what();
+  }
+  cfg.partial_dtype = dmlaBF16;
+  cfg.backend = dmlaBackendCuda;  // host communicator
+  EXPECT_THROW(DistDecoder(*comm, cfg), distmla::Error);
+  cfg.backend = dmlaBackendAuto;
+  DistDecoder d(*comm, cfg);
+  EXPECT_EQ(d.backend(), dmlaBackendCpu);
+  std::vector<uint8_t> ws(d.workspace_bytes() + 512);
+  void* wsp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 255) / 256 * 256);
+  DecoderInputs in;  // all null
+  EXPECT_EQ(d.run(in, wsp, d.workspace_bytes()), dmlaErrorNullPointer);
+  EXPECT_NE(std::string(last_error_message()).find("q is null"), std::string::npos) << last_error_message();
+  std::vector<uint16_t> buf(1 << 16);
+  std::vector<int32_t> ibuf(16, 0);
+  std::vector<float> lse(64);
+  in.q = buf.data(); in.kv_pool = buf.data(); in.block_table = ibuf.data(); in.seqlens = ibuf.data();
+  in.out = buf.data(); in.lse = lse.data();
+  if (d.workspace_bytes() > 0) {
+    EXPECT_EQ(d.run(in, wsp, d.workspace_bytes() - 1), dmlaErrorWorkspace);
+    EXPECT_NE(std::string(last_error_message()).find("workspace_bytes"), std::string::npos);
+  }
+  EXPECT_EQ(d.run(in, wsp, d.workspace_bytes()), dmlaSuccess) << last_error_message();  // all lengths 0
 }
