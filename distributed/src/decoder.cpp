@@ -39,7 +39,7 @@ struct DistDecoder::Impl {
   MergeMode mode = MergeMode::kAllGather;
   dmlaBackend_t backend = dmlaBackendCpu;
   bool device = false;
-  std::unique_ptr<Communicator> cp_comm, tp_comm;
+  std::shared_ptr<Communicator> cp_comm, tp_comm;
   DecodePlan local;               // this rank's pages (the bulk when split_tail)
   std::unique_ptr<DecodePlan> tail;  // split_tail: the s_q - 1 newest tokens, exact per query
   size_t local_ws = 0, tail_ws = 0;
@@ -111,7 +111,21 @@ static dmlaBackend_t resolve_backend(Communicator& world, dmlaBackend_t b) {
   return b;
 }
 
-DistDecoder::DistDecoder(Communicator& world, const DecoderConfig& cfg) {
+ShardGroups split_groups(Communicator& world, int tp, int cp) {
+  if (tp < 1 || cp < 1 || world.size() != tp * cp)
+    bad("split_groups: world = " + std::to_string(world.size()) + " != tp * cp = " + std::to_string(tp) + " * " +
+        std::to_string(cp));
+  const int tp_rank = world.rank() / cp, cp_rank = world.rank() % cp;
+  ShardGroups g;
+  g.cp = world.split(tp_rank, cp_rank);
+  g.tp = world.split(cp_rank, tp_rank);
+  return g;
+}
+
+DistDecoder::DistDecoder(Communicator& world, const DecoderConfig& cfg)
+    : DistDecoder(world, split_groups(world, std::max(1, cfg.tp), std::max(1, cfg.cp)), cfg) {}
+
+DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const DecoderConfig& cfg) {
   ShardPlan s = make_shard(world, cfg);
   const dmlaBackend_t be = resolve_backend(world, cfg.backend);
   impl_ = std::make_unique<Impl>(cfg, s, local_shape(cfg, s), be);
@@ -120,9 +134,11 @@ DistDecoder::DistDecoder(Communicator& world, const DecoderConfig& cfg) {
   m.h_tp = s.heads().count;
   m.max_slice = s.max_slice();
 
-  // Sub-groups (collective over world: every rank splits in the same order).
-  m.cp_comm = world.split(s.tp_rank(), s.cp_rank());
-  m.tp_comm = world.split(s.cp_rank(), s.tp_rank());
+  m.cp_comm = groups.cp;
+  m.tp_comm = groups.tp;
+  if (!m.cp_comm || !m.tp_comm) bad("groups: a null CP or TP group");
+  if (m.cp_comm->memory() != world.memory() || m.tp_comm->size() != cfg.tp)
+    bad("groups: not split from this world for tp " + std::to_string(cfg.tp));
   if (m.cp_comm->size() != cfg.cp || m.cp_comm->rank() != s.cp_rank())
     DMLA_DIST_FAIL(dmlaErrorInternal, "DistDecoder: CP group has size " + std::to_string(m.cp_comm->size()) +
                                           ", expected " + std::to_string(cfg.cp));

@@ -49,6 +49,7 @@ void run_case(const Case& c) {
   const dmlaDecodeShape_t& g = wl.shape;
   for (auto [tp, cp] : layouts(comm->size())) {
     if (g.h_q < tp) continue;
+    const ShardGroups groups = split_groups(*comm, tp, cp);  // shared by both merge modes
     for (MergeMode mode : {MergeMode::kAllGather, MergeMode::kAllToAll}) {
       SCOPED_TRACE("tp " + std::to_string(tp) + " cp " + std::to_string(cp) + " " + merge_mode_name(mode) +
                    " s_q " + std::to_string(g.s_q) + " page " + std::to_string(g.page_size) + " h_q " +
@@ -61,7 +62,7 @@ void run_case(const Case& c) {
       cfg.dtype = g.q_dtype; cfg.out_dtype = g.q_dtype; cfg.partial_dtype = c.partial;
       cfg.scale = g.scale; cfg.causal = g.causal != 0; cfg.tp = tp; cfg.cp = cp; cfg.mode = mode;
       cfg.record_timing = true;
-      DistDecoder dec(*comm, cfg);
+      DistDecoder dec(*comm, groups, cfg);
       ASSERT_EQ(dec.mode(), cp == 1 ? MergeMode::kAllGather : mode);
       const Range oh = dec.out_heads();
       std::vector<uint8_t> ws(dec.workspace_bytes() + 256);

@@ -66,11 +66,22 @@ struct StepTiming {
   double merge_us = 0;      // cross-rank combine
 };
 
+// The CP and TP groups of a layout, split once off the world and shared by every decoder of
+// that layout (splitting NCCL communicators is slow; decoders for other batch shapes reuse them).
+struct ShardGroups {
+  std::shared_ptr<Communicator> cp;  // ranks with the same tp_rank, ordered by cp_rank
+  std::shared_ptr<Communicator> tp;  // ranks with the same cp_rank, ordered by tp_rank
+};
+// Collective over world. Throws distmla::Error when world.size() != tp * cp.
+ShardGroups split_groups(Communicator& world, int tp, int cp);
+
 class DistDecoder {
  public:
   // Collective over world (splits the CP and TP groups). Throws distmla::Error naming the
   // argument and the value on bad configuration.
   DistDecoder(Communicator& world, const DecoderConfig& cfg);
+  // Reuses groups from split_groups(world, cfg.tp, cfg.cp): not collective.
+  DistDecoder(Communicator& world, const ShardGroups& groups, const DecoderConfig& cfg);
   ~DistDecoder();
   DistDecoder(const DistDecoder&) = delete;
   DistDecoder& operator=(const DistDecoder&) = delete;
