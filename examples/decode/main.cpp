@@ -6,20 +6,6 @@
 
 #include "job_options.h"
 
-#ifdef DISTMLA_HAVE_DIST
-namespace distmla::examples {
-// Fallback while distributed_job.cpp is not in the tree: its real (strong) definition replaces
-// this weak one at link time, so the job links in every state of the checkout.
-__attribute__((weak)) int run_distributed_job(const JobOptions& opt) {
-  std::fprintf(stderr,
-               "distmla_decode: the distributed job (examples/decode/distributed_job.cpp) is not "
-               "part of this build; -t %d -x %d needs it\n",
-               opt.tp, opt.cp);
-  return 2;
-}
-}  // namespace distmla::examples
-#endif
-
 int main(int argc, char** argv) {
   using namespace distmla::examples;
   JobOptions opt;

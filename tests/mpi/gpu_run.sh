@@ -67,4 +67,9 @@ run dist -t 1 -x 2 -m alltoall -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
 run dist -t 2 -x 1 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
 run timeout 60 $D -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
 run dist -t 1 -x 2 -m auto -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
+# issue-4 target rows: b 16 S 64k h 128 and b 64 S 32k h 16, one GPU vs CP 2, same run
+run timeout 60 $D -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
+run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
+run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
+run dist -t 2 -x 1 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
 echo "done $(date -u)" >> "$G"
