@@ -36,8 +36,8 @@ run_tests() {  # $1 = log, $2 = per-test timeout, rest = env
   done
   say "  $pass passed, $fail failed ($log)"
 }
-# DISTMLA_DECODE_KERNEL: wgmma3 (default), wgmma2, simple (CUDA cores, same schedule/combine).
-TEST_KERNELS=${TEST_KERNELS:-"wgmma3 wgmma2 simple"}
+# DISTMLA_DECODE_KERNEL: wgmma3 (default), simple (CUDA cores, same schedule/combine).
+TEST_KERNELS=${TEST_KERNELS:-"wgmma3 simple"}
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   for k in $TEST_KERNELS; do
     say "== gpu tests (DISTMLA_DECODE_KERNEL=$k)"
