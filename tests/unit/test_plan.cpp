@@ -26,6 +26,23 @@ distmla::Workload small_workload(int s_q, dmlaDataType_t dtype = dmlaBF16) {
   return distmla::make_workload(o);
 }
 
+// Runs plan on w with 16-bit outputs pre-filled with `poison` (lse with NaN) and compares the
+// result with the double reference.
+distmla::CompareResult run_and_compare(const distmla::DecodePlan& plan, const distmla::Workload& w,
+                                       uint16_t poison) {
+  const size_t rows = static_cast<size_t>(w.shape.batch) * w.shape.s_q * w.shape.h_q;
+  std::vector<uint16_t> out(rows * DMLA_D_V, poison);
+  std::vector<float> lse(rows, NAN);
+  auto t = w.host_tensors();
+  t.out = out.data();
+  t.lse = lse.data();
+  plan.run(t, nullptr, 0);
+  std::vector<double> ref, lse_ref;
+  distmla::reference_decode(w.shape, w.host_tensors(), &ref, &lse_ref);
+  return distmla::compare_with_reference(w.shape, out.data(), w.shape.out_dtype, lse.data(), ref,
+                                         lse_ref);
+}
+
 TEST(Plan, ShapeInitDefaults) {
   dmlaDecodeShape_t s;
   std::memset(&s, 0x5a, sizeof s);
@@ -99,16 +116,7 @@ TEST(Plan, CAbiCpuMatchesReference) {
 TEST(Plan, Fp16EndToEnd) {
   auto w = small_workload(2, dmlaFP16);
   distmla::DecodePlan plan(w.shape, dmlaBackendCpu);
-  const size_t rows = static_cast<size_t>(w.shape.batch) * 2 * w.shape.h_q;
-  std::vector<uint16_t> out(rows * 512, 0x7e00);
-  std::vector<float> lse(rows, NAN);
-  auto t = w.host_tensors();
-  t.out = out.data();
-  t.lse = lse.data();
-  plan.run(t, nullptr, 0);
-  std::vector<double> ref, lse_ref;
-  distmla::reference_decode(w.shape, w.host_tensors(), &ref, &lse_ref);
-  const auto c = distmla::compare_with_reference(w.shape, out.data(), dmlaFP16, lse.data(), ref, lse_ref);
+  const auto c = run_and_compare(plan, w, 0x7e00);  // fp16 NaN poison
   EXPECT_TRUE(c.ok(1e-3)) << c.rel_err << " wrong " << c.wrong;
 }
 
@@ -118,25 +126,22 @@ TEST(Plan, CppWrapperCpu) {
   EXPECT_EQ(plan.backend(), dmlaBackendCpu);
   EXPECT_EQ(plan.workspace_bytes(), 0u);
   EXPECT_EQ(plan.shape().batch, 5);
-  const size_t rows = static_cast<size_t>(w.shape.batch) * 2 * w.shape.h_q;
-  std::vector<uint16_t> out(rows * 512, 0x7fc0);
-  std::vector<float> lse(rows, NAN);
-  auto t = w.host_tensors();
-  t.out = out.data();
-  t.lse = lse.data();
-  plan.run(t, nullptr, 0);
-  std::vector<double> ref, lse_ref;
-  distmla::reference_decode(w.shape, w.host_tensors(), &ref, &lse_ref);
-  const auto c = distmla::compare_with_reference(w.shape, out.data(), dmlaBF16, lse.data(), ref, lse_ref);
+  const auto c = run_and_compare(plan, w, 0x7fc0);  // bf16 NaN poison
   EXPECT_TRUE(c.ok(5e-3)) << c.rel_err << " wrong " << c.wrong;
 
   // Move: the handle travels, the source is empty.
   distmla::DecodePlan moved(std::move(plan));
   EXPECT_NE(moved.handle(), nullptr);
   EXPECT_EQ(plan.handle(), nullptr);
-  moved.run(t, nullptr, 0);
+  EXPECT_TRUE(run_and_compare(moved, w, 0x7fc0).ok(5e-3));
 
   // Errors become distmla::Error with the code and the message.
+  const size_t rows = static_cast<size_t>(w.shape.batch) * w.shape.s_q * w.shape.h_q;
+  std::vector<uint16_t> out(rows * DMLA_D_V);
+  std::vector<float> lse(rows);
+  auto t = w.host_tensors();
+  t.out = out.data();
+  t.lse = lse.data();
   w.seqlens[4] = -1;
   try {
     moved.run(t, nullptr, 0);
