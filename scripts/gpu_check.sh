@@ -88,7 +88,7 @@ fi
 # 5. Optional Nsight Compute profile of one decode launch (NCU=1; clocks left as they are).
 if [ "${NCU:-0}" = 1 ]; then
   say "== ncu (DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-wgmma3}, b=128 S=8192 h_q=${NCU_H:-128})"
-  DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-wgmma3} timeout 150 ncu --clock-control none -k regex:decode_wgmma -c 1 \
+  DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-wgmma3} timeout 150 ncu --clock-control none -k regex:decode_ -c 1 \
     --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "$BENCH" -b 128 -s 8192 -H ${NCU_H:-128} -V 1 -n 1 -w 1 >"$OUT/ncu.txt" 2>&1
   say "  rc=$?"

@@ -213,6 +213,12 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_bf16_tb(d, da, db, 1);
   }
+  static __device__ __forceinline__ void qk64(float (&d)[32], uint64_t da, uint64_t db, int sd) {
+    detail::wgmma_m64n64k16_ss_bf16(d, da, db, sd);
+  }
+  static __device__ __forceinline__ void pv_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
+    detail::wgmma_m64n256k16_rs_bf16_tb(d, a, db, 1);
+  }
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __uint_as_float(static_cast<uint32_t>(h) << 16);
   }
@@ -228,6 +234,12 @@ struct ElemTraits<__half> {
   }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_f16_tb(d, da, db, 1);
+  }
+  static __device__ __forceinline__ void qk64(float (&d)[32], uint64_t da, uint64_t db, int sd) {
+    detail::wgmma_m64n64k16_ss_f16(d, da, db, sd);
+  }
+  static __device__ __forceinline__ void pv_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
+    detail::wgmma_m64n256k16_rs_f16_tb(d, a, db, 1);
   }
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __half2float(__ushort_as_half(h));
@@ -347,6 +359,49 @@ __device__ __forceinline__ void part_block_range(const Meta& m, int W, int p, in
 struct Cursor {
   int seq, blk, end;
 };
+
+// Epilogue of the wgmma kernels: this warpgroup's 256 output columns of rows r0 and r0 + 8,
+// normalised by inv; straight to out/lse when the sequence has one split, else to the partials.
+template <typename Elem>
+__device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128], const float (&inv)[2],
+                                           const float (&lse_r)[2], int i, int tile, int r0, int cq, int wg,
+                                           int lane, bool direct, size_t slot) {
+  const Meta& m = p.meta;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int gr = tile * kBlockM + r0 + 8 * h;
+    if (gr >= p.rows) continue;
+    if (direct) {
+      const size_t orow = (static_cast<size_t>(i) * p.rows + gr) * kDV + wg * 256 + cq;
+      if (p.out_fp32) {
+        float* out = static_cast<float*>(p.out) + orow;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          *reinterpret_cast<float2*>(out + 8 * j) =
+              make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        }
+      } else {
+        uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out) + orow);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        }
+      }
+      if (wg == 0 && (lane % 4) == 0) {
+        const int t = gr / p.h_q, hh = gr % p.h_q;
+        p.lse[(static_cast<size_t>(i) * p.h_q + hh) * p.s_q + t] = lse_r[h];
+      }
+    } else {
+      float* out = m.part_o + (slot * p.rows + gr) * kDV + wg * 256 + cq;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        *reinterpret_cast<float2*>(out + 8 * j) =
+            make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+      }
+      if (wg == 0 && (lane % 4) == 0) m.part_lse[slot * p.rows + gr] = lse_r[h];
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Split decode, wgmma path (v3). Q K^T is split by tokens: consumer warpgroup w computes S for
@@ -659,45 +714,13 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         lse_r[h] = NEG_INF;
       }
     }
-    const bool direct = nsplit <= 1;
-    const size_t slot = static_cast<size_t>(m.seq_split_base[i] + split_idx);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int gr = tile * kBlockM + r0 + 8 * h;
-      if (gr >= p.rows) continue;
-      if (direct) {
-        const size_t orow = (static_cast<size_t>(i) * p.rows + gr) * kDV + wg * 256 + cq;
-        if (p.out_fp32) {
-          float* out = static_cast<float*>(p.out) + orow;
-#pragma unroll
-          for (int j = 0; j < 32; ++j) {
-            *reinterpret_cast<float2*>(out + 8 * j) =
-                make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
-          }
-        } else {
-          uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out) + orow);
-#pragma unroll
-          for (int j = 0; j < 32; ++j) {
-            out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
-          }
-        }
-        if (wg == 0 && (lane % 4) == 0) {
-          const int t = gr / p.h_q, hh = gr % p.h_q;
-          p.lse[(static_cast<size_t>(i) * p.h_q + hh) * p.s_q + t] = lse_r[h];
-        }
-      } else {
-        float* out = m.part_o + (slot * p.rows + gr) * kDV + wg * 256 + cq;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          *reinterpret_cast<float2*>(out + 8 * j) =
-              make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
-        }
-        if (wg == 0 && (lane % 4) == 0) m.part_lse[slot * p.rows + gr] = lse_r[h];
-      }
-    }
+    write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, nsplit <= 1,
+                     static_cast<size_t>(m.seq_split_base[i] + split_idx));
   }
   }  // consumers
 }
+
+#include "decode_seesaw.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // Split decode, plain CUDA-core path (debug / fallback: DISTMLA_DECODE_KERNEL=simple).
@@ -868,15 +891,17 @@ EncodeTiledFn get_encode_fn() {
   return fn;
 }
 
-// DISTMLA_DECODE_KERNEL = wgmma3 (default: token-split Q K^T + producer warpgroup) | simple
-// (CUDA cores, same schedule and combine). v1 (redundant Q K^T, P from registers), v2 (v3 without
-// the producer warpgroup, 15-20% slower) and v4 (P V(n) + Q K^T(n+1) back to back, slower) were
-// measured and removed; see docs/PERFORMANCE.md for their numbers and commits.
-enum class KernelKind { kWgmma3, kSimple };
+// DISTMLA_DECODE_KERNEL = seesaw (default: blocks alternate between the consumer warpgroups,
+// softmax of one overlaps the other's products) | wgmma3 (both warpgroups on each block, token-
+// split Q K^T) | simple (CUDA cores, same schedule and combine). v1 (redundant Q K^T), v2 (v3
+// without the producer warpgroup) and v4 (P V(n) + Q K^T(n+1) back to back) were measured and
+// removed; see docs/PERFORMANCE.md for their numbers and commits.
+enum class KernelKind { kSeesaw, kWgmma3, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
+    if (e != nullptr && std::strcmp(e, "seesaw") == 0) return KernelKind::kSeesaw;
     return KernelKind::kWgmma3;
   }();
   return k;
@@ -894,6 +919,9 @@ cudaError_t ensure_smem_attr() {
   if (dev >= 0 && dev < 64 && done[dev]) return cudaSuccess;
   err = cudaFuncSetAttribute(decode_wgmma3_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              kSmemBytes);
+  if (err != cudaSuccess) return err;
+  err = cudaFuncSetAttribute(decode_seesaw_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             kSeesawSmemBytes);
   if (err != cudaSuccess) return err;
   if (dev >= 0 && dev < 64) done[dev] = true;
   return cudaSuccess;
@@ -921,6 +949,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   const int tiles = num_row_tiles(s);
   const int max_len = s.max_blocks_per_seq * s.page_size;
   cudaError_t err;
+  const KernelKind kind = kernel_kind();
   if (!reuse_schedule) {
     schedule_kernel<<<1, kSchedThreads, 0, stream>>>(t.seqlens, meta, s.batch, max_len, w.num_parts);
     err = cudaGetLastError();
@@ -946,7 +975,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   p.scale_log2 = s.scale * 1.4426950408889634f;
 
   const dim3 grid(w.num_parts, tiles);
-  if (kernel_kind() == KernelKind::kSimple) {
+  if (kind == KernelKind::kSimple) {
     err = launch_pdl(decode_simple_kernel<Elem>, grid, dim3(256), 0, stream, p);
   } else {
     EncodeTiledFn encode = get_encode_fn();
@@ -968,8 +997,12 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
-    err = launch_pdl(decode_wgmma3_kernel<Elem>, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes),
-                     stream, map, p);
+    if (kind == KernelKind::kSeesaw)
+      err = launch_pdl(decode_seesaw_kernel<Elem>, grid, dim3(kThreadsSeesaw),
+                       static_cast<size_t>(kSeesawSmemBytes), stream, map, p);
+    else
+      err = launch_pdl(decode_wgmma3_kernel<Elem>, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes),
+                       stream, map, p);
   }
   if (err != cudaSuccess) return err;
   const dim3 cgrid(s.batch, (rows + 7) / 8);
