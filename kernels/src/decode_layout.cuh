@@ -1,0 +1,123 @@
+#pragma once
+// Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
+// Sizes, the workspace layout with its scheduling metadata, and the kernels' parameters.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "distmla/kernels/decode.h"
+
+namespace distmla::kernels::detail {
+
+constexpr int kDQK = 576;
+constexpr int kDV = 512;
+constexpr int kBlockN = 64;                 // KV tokens per pipeline block
+constexpr int kBlockM = 64;                 // query rows per CTA tile
+constexpr int kChunks = kDQK / 64;          // 9 column chunks of 64 values (128 B)
+constexpr int kChunkBytes = kBlockN * 128;  // one [64 rows][64 cols] 128B-swizzled tile
+constexpr int kTileBytes = kChunks * kChunkBytes;  // 73728
+constexpr int kStages = 2;
+constexpr int kThreads = 256;               // two consumer warpgroups
+constexpr int kSeqOverhead = 2;             // scheduling cost of a sequence, in blocks
+constexpr int kMaxParts = 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Workspace layout (all int32 first, then fp32 partials, each region 256-aligned).
+// ---------------------------------------------------------------------------------------------
+struct WsLayout {
+  size_t hdr = 0;         // int[4]: units_per_part, total_units, total_splits, num_parts
+  size_t seq_len = 0;     // int[b]  clamped length
+  size_t seq_nblk = 0;    // int[b]  64-token blocks
+  size_t seq_ustart = 0;  // int[b]  first unit
+  size_t seq_first_part = 0;  // int[b]
+  size_t seq_nsplit = 0;  // int[b]
+  size_t seq_split_base = 0;  // int[b]
+  size_t part_begin = 0;  // int[P]
+  size_t part_end = 0;    // int[P]
+  size_t part_o = 0;      // float[max_splits][rows][512]
+  size_t part_lse = 0;    // float[max_splits][rows]
+  size_t total = 0;
+  int num_parts = 1;
+  int max_splits = 0;
+};
+
+inline size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
+
+inline int num_row_tiles(const DecodeShape& s) { return (s.s_q * s.h_q + kBlockM - 1) / kBlockM; }
+
+inline int num_parts_for(const DecodeShape& s) {
+  int tiles = num_row_tiles(s);
+  int sms = s.num_sms > 0 ? s.num_sms : 132;
+  int p = std::max(1, sms / tiles);
+  return std::min(p, kMaxParts);
+}
+
+inline WsLayout make_layout(const DecodeShape& s) {
+  WsLayout w;
+  size_t b = static_cast<size_t>(std::max(s.batch, 0));
+  w.num_parts = num_parts_for(s);
+  w.max_splits = static_cast<int>(b) + w.num_parts;
+  size_t rows = static_cast<size_t>(s.s_q) * s.h_q;
+  size_t off = 0;
+  auto take = [&](size_t bytes) { size_t o = off; off = align256(off + bytes); return o; };
+  w.hdr = take(4 * sizeof(int));
+  w.seq_len = take(b * sizeof(int));
+  w.seq_nblk = take(b * sizeof(int));
+  w.seq_ustart = take(b * sizeof(int));
+  w.seq_first_part = take(b * sizeof(int));
+  w.seq_nsplit = take(b * sizeof(int));
+  w.seq_split_base = take(b * sizeof(int));
+  w.part_begin = take(w.num_parts * sizeof(int));
+  w.part_end = take(w.num_parts * sizeof(int));
+  w.part_o = take(static_cast<size_t>(w.max_splits) * rows * kDV * sizeof(float));
+  w.part_lse = take(static_cast<size_t>(w.max_splits) * rows * sizeof(float));
+  w.total = off;
+  return w;
+}
+
+struct Meta {
+  int* hdr;
+  int* seq_len;
+  int* seq_nblk;
+  int* seq_ustart;
+  int* seq_first_part;
+  int* seq_nsplit;
+  int* seq_split_base;
+  int* part_begin;
+  int* part_end;
+  float* part_o;
+  float* part_lse;
+};
+
+inline Meta make_meta(const WsLayout& w, void* ws) {
+  char* base = static_cast<char*>(ws);
+  Meta m;
+  m.hdr = reinterpret_cast<int*>(base + w.hdr);
+  m.seq_len = reinterpret_cast<int*>(base + w.seq_len);
+  m.seq_nblk = reinterpret_cast<int*>(base + w.seq_nblk);
+  m.seq_ustart = reinterpret_cast<int*>(base + w.seq_ustart);
+  m.seq_first_part = reinterpret_cast<int*>(base + w.seq_first_part);
+  m.seq_nsplit = reinterpret_cast<int*>(base + w.seq_nsplit);
+  m.seq_split_base = reinterpret_cast<int*>(base + w.seq_split_base);
+  m.part_begin = reinterpret_cast<int*>(base + w.part_begin);
+  m.part_end = reinterpret_cast<int*>(base + w.part_end);
+  m.part_o = reinterpret_cast<float*>(base + w.part_o);
+  m.part_lse = reinterpret_cast<float*>(base + w.part_lse);
+  return m;
+}
+
+struct Params {
+  const void* q;
+  const void* kv;
+  const int32_t* block_table;
+  void* out;
+  float* lse;
+  Meta meta;
+  int batch, s_q, h_q, rows, page_size, num_blocks, max_blocks_per_seq;
+  int causal, out_fp32, num_parts;
+  float scale_log2;  // scale * log2(e)
+};
+
+}  // namespace distmla::kernels::detail

@@ -1,0 +1,374 @@
+#pragma once
+// Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
+// The wgmma split-decode kernel (v3) and its epilogue.
+#include <cuda.h>
+
+#include <cmath>
+
+#include "decode_layout.cuh"
+#include "ptx.cuh"
+#include "schedule.cuh"
+
+namespace distmla::kernels::detail {
+
+// Epilogue of the wgmma kernels: this warpgroup's 256 output columns of rows r0 and r0 + 8,
+// normalised by inv; straight to out/lse when the sequence has one split, else to the partials.
+template <typename Elem>
+__device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128], const float (&inv)[2],
+                                           const float (&lse_r)[2], int i, int tile, int r0, int cq, int wg,
+                                           int lane, bool direct, size_t slot) {
+  const Meta& m = p.meta;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int gr = tile * kBlockM + r0 + 8 * h;
+    if (gr >= p.rows) continue;
+    if (direct) {
+      const size_t orow = (static_cast<size_t>(i) * p.rows + gr) * kDV + wg * 256 + cq;
+      if (p.out_fp32) {
+        float* out = static_cast<float*>(p.out) + orow;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          *reinterpret_cast<float2*>(out + 8 * j) =
+              make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        }
+      } else {
+        uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out) + orow);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        }
+      }
+      if (wg == 0 && (lane % 4) == 0) {
+        const int t = gr / p.h_q, hh = gr % p.h_q;
+        p.lse[(static_cast<size_t>(i) * p.h_q + hh) * p.s_q + t] = lse_r[h];
+      }
+    } else {
+      float* out = m.part_o + (slot * p.rows + gr) * kDV + wg * 256 + cq;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        *reinterpret_cast<float2*>(out + 8 * j) =
+            make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+      }
+      if (wg == 0 && (lane % 4) == 0) m.part_lse[slot * p.rows + gr] = lse_r[h];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split decode, wgmma path (v3). Q K^T is split by tokens: consumer warpgroup w computes S for
+// tokens [32w, 32w + 32) of the block (m64n32k16), the two exchange row maxima through smem,
+// write their half of P (bf16, 128B-swizzled, K-major) to smem, and both run P V with A = P
+// from smem, each into its 256 of the 512 output columns. A dedicated TMA producer warp (warp 8)
+// waits on per-stage "empty" mbarriers (one arrival per consumer warp) and reads the block table
+// ahead, so the consumers never stall on global loads and need no end-of-block barrier.
+// ---------------------------------------------------------------------------------------------
+constexpr int kPBytes = kBlockM * kBlockN * 2;  // 8 KB
+constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + 64 /*barriers*/ + 512 /*max*/ +
+                           512 /*sum*/ + 1024 /*align*/;
+constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one active thread)
+
+template <typename Elem>
+__global__ void __launch_bounds__(kThreadsV3, 1)
+    decode_wgmma3_kernel(const __grid_constant__ CUtensorMap kv_map, const Params p) {
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  uint8_t* gbase = smem_raw + (base - raw);
+  const uint32_t sQ = base;
+  const uint32_t sKV0 = base + kTileBytes;
+  const uint32_t sP = base + kTileBytes * (1 + kStages);
+  const uint32_t bar0 = sP + kPBytes;
+  uint8_t* gQ = gbase;
+  uint8_t* gKV0 = gbase + kTileBytes;
+  uint8_t* gP = gbase + kTileBytes * (1 + kStages);
+  float* sMax = reinterpret_cast<float*>(gP + kPBytes + 64);  // [2][64]
+  float* sSum = sMax + 2 * kBlockM;                            // [2][64]
+
+  const int tid = threadIdx.x;
+  const int wg = tid / 128;
+  const int lane = tid % 32;
+  const int warp_in_wg = (tid % 128) / 32;
+  const int part = blockIdx.x;
+  const int tile = blockIdx.y;
+
+  const uint32_t empty0 = bar0 + 8 * kStages;  // consumer -> producer, one arrival per consumer warp
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) mbar_init(bar0 + 8 * s, 1);
+    for (int s = 0; s < kStages; ++s) mbar_init(empty0 + 8 * s, kThreads / 32);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    fence_proxy_async();
+  }
+  __syncthreads();
+
+  pdl_wait();
+  pdl_launch_dependents();
+
+  const Meta& m = p.meta;
+  const int W = m.hdr[0];
+  const int seq_begin = m.part_begin[part];
+  const int seq_end = m.part_end[part];
+  if (seq_begin >= seq_end) return;
+
+  Cursor pc{seq_begin, 0, 0};
+  auto producer_setup = [&](Cursor& c) {
+    while (c.seq < seq_end) {
+      int a, e;
+      part_block_range(m, W, part, c.seq, a, e);
+      if (a < e) { c.blk = a; c.end = e; return; }
+      ++c.seq;
+    }
+  };
+  uint32_t produced = 0;
+  auto produce_one = [&]() {
+    if (pc.seq >= seq_end) return;
+    const int i = pc.seq;
+    const int n = pc.blk;
+    const int stage = produced % kStages;
+    const uint32_t dst = sKV0 + stage * kTileBytes;
+    const uint32_t bar = bar0 + 8 * stage;
+    const int L = m.seq_len[i];
+    const int R = p.page_size < kBlockN ? p.page_size : kBlockN;
+    const int pieces = kBlockN / R;
+    int npieces = 0;
+    for (int k = 0; k < pieces; ++k) {
+      if (n * kBlockN + k * R < L) ++npieces;
+    }
+    mbar_arrive_expect_tx(bar, static_cast<uint32_t>(npieces * kChunks * R * 128));
+    for (int k = 0; k < npieces; ++k) {
+      int tok0 = n * kBlockN + k * R;
+      int lp = tok0 / p.page_size;
+      if (lp >= p.max_blocks_per_seq) lp = p.max_blocks_per_seq - 1;
+      int off = tok0 % p.page_size;
+      int phys = p.block_table[static_cast<size_t>(i) * p.max_blocks_per_seq + lp];
+      phys = phys < 0 ? 0 : (phys >= p.num_blocks ? p.num_blocks - 1 : phys);
+      int row = phys * p.page_size + off;
+#pragma unroll 1
+      for (int c = 0; c < kChunks; ++c) {
+        tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, bar, c * 64, row);
+      }
+    }
+    ++produced;
+    if (++pc.blk >= pc.end) {
+      ++pc.seq;
+      producer_setup(pc);
+    }
+  };
+  if (tid >= kThreads) {
+    // producer warpgroup: gives registers back; one thread runs ahead of the consumers by
+    // kStages blocks, off their critical path
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (tid == kThreads) {
+      producer_setup(pc);
+      while (pc.seq < seq_end) {
+        if (produced >= kStages) mbar_wait(empty0 + 8 * (produced % kStages), ((produced / kStages) - 1) & 1);
+        produce_one();
+      }
+    }
+  } else {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+
+  uint32_t consumed = 0;
+  const float NEG_INF = -INFINITY;
+  const int r0 = warp_in_wg * 16 + lane / 4;
+  const int cq = 2 * (lane % 4);
+
+  for (int i = seq_begin; i < seq_end; ++i) {
+    int a, e;
+    part_block_range(m, W, part, i, a, e);
+    const int L = m.seq_len[i];
+    const int nsplit = m.seq_nsplit[i];
+    const int split_idx = part - m.seq_first_part[i];
+
+    consumer_sync();  // previous wgmma reads of sQ / sP and reads of sSum are complete
+    {
+      // Q tile: loads in two batches of 9 in flight before their stores.
+      const uint16_t* q = static_cast<const uint16_t*>(p.q);
+      constexpr int kIters = kBlockM * kChunks * 8 / kThreads;  // 18
+      constexpr int kBatch = kIters / 2;
+#pragma unroll 1
+      for (int b0 = 0; b0 < kIters; b0 += kBatch) {
+        uint4 v[kBatch];
+#pragma unroll
+        for (int it = 0; it < kBatch; ++it) {
+          const int idx = tid + (b0 + it) * kThreads;
+          const int u = idx % 8, c = (idx / 8) % kChunks, r = idx / (8 * kChunks);
+          const int gr = tile * kBlockM + r;
+          v[it] = make_uint4(0, 0, 0, 0);
+          if (gr < p.rows)
+            v[it] = __ldg(reinterpret_cast<const uint4*>(q + (static_cast<size_t>(i) * p.rows + gr) * kDQK +
+                                                         c * 64 + u * 8));
+        }
+#pragma unroll
+        for (int it = 0; it < kBatch; ++it) {
+          const int idx = tid + (b0 + it) * kThreads;
+          const int u = idx % 8, c = (idx / 8) % kChunks, r = idx / (8 * kChunks);
+          *reinterpret_cast<uint4*>(gQ + c * kChunkBytes + r * 128 + ((u ^ (r & 7)) * 16)) = v[it];
+        }
+      }
+      fence_proxy_async();
+    }
+    consumer_sync();
+
+    int lim[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int gr = tile * kBlockM + r0 + 8 * h;
+      int t = gr / p.h_q;
+      if (t >= p.s_q) t = p.s_q - 1;
+      lim[h] = p.causal ? (L - p.s_q + 1 + t) : L;
+    }
+
+    float o[128];
+#pragma unroll
+    for (int k = 0; k < 128; ++k) o[k] = 0.f;
+    float mrow[2] = {NEG_INF, NEG_INF};
+    float lrow[2] = {0.f, 0.f};  // this warpgroup's token half only
+
+    for (int n = a; n < e; ++n) {
+      const int stage = consumed % kStages;
+      const uint32_t sK = sKV0 + stage * kTileBytes;
+      mbar_wait(bar0 + 8 * stage, (consumed / kStages) & 1);
+      const int valid = min(L - n * kBlockN, kBlockN);
+      if (valid < kBlockN) {
+        uint8_t* gK = gKV0 + stage * kTileBytes;
+        int nrows = kBlockN - valid;
+        for (int idx = tid; idx < nrows * kChunks * 8; idx += kThreads) {
+          int u = idx % 8;
+          int c = (idx / 8) % kChunks;
+          int r = valid + idx / (8 * kChunks);
+          *reinterpret_cast<uint4*>(gK + c * kChunkBytes + r * 128 + u * 16) = make_uint4(0, 0, 0, 0);
+        }
+        fence_proxy_async();
+        consumer_sync();
+      }
+
+      // ---- S_w = Q K[32w .. 32w+32)^T (64 x 32, K = 576) ----
+      float s[16];
+#pragma unroll
+      for (int k = 0; k < 16; ++k) s[k] = 0.f;
+      wgmma_fence();
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          uint64_t da = make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024);
+          uint64_t db = make_desc(sK + c * kChunkBytes + wg * 32 * 128 + kk * 32, 16, 1024);
+          ElemTraits<Elem>::qk32(s, da, db, 1);
+        }
+      }
+      wgmma_commit();
+      wgmma_wait0();
+      reg_fence(s);
+
+      // ---- mask, local row max, exchange ----
+      float ml[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {
+            int tok = n * kBlockN + 32 * wg + 8 * j + cq + x;
+            float v = s[4 * j + 2 * h + x] * p.scale_log2;
+            v = tok < lim[h] ? v : NEG_INF;
+            s[4 * j + 2 * h + x] = v;
+            ml[h] = fmaxf(ml[h], v);
+          }
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 1));
+        ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 2));
+        if ((lane & 3) == 0) sMax[wg * kBlockM + r0 + 8 * h] = ml[h];
+      }
+      consumer_sync();
+      float corr[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float other = sMax[(1 - wg) * kBlockM + r0 + 8 * h];
+        const float mx = fmaxf(mrow[h], fmaxf(ml[h], other));
+        const float base_h = mx == NEG_INF ? 0.f : mx;
+        corr[h] = exp2f(mrow[h] - base_h);
+        mrow[h] = mx;
+        lrow[h] *= corr[h];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {
+            float pv = exp2f(s[4 * j + 2 * h + x] - base_h);
+            s[4 * j + 2 * h + x] = pv;
+            lrow[h] += pv;
+          }
+        }
+      }
+      // P half -> smem ([64 rows][64 tokens] bf16, K-major, 128B swizzle)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = r0 + 8 * h;
+          const int unit = 4 * wg + j;
+          *reinterpret_cast<uint32_t*>(gP + r * 128 + ((unit ^ (r & 7)) * 16) + cq * 2) =
+              ElemTraits<Elem>::pack(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]);
+        }
+      }
+      fence_proxy_async();
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        o[4 * j + 0] *= corr[0];
+        o[4 * j + 1] *= corr[0];
+        o[4 * j + 2] *= corr[1];
+        o[4 * j + 3] *= corr[1];
+      }
+      consumer_sync();  // both halves of P are in smem
+
+      // ---- O += P V (64 x 256 per warpgroup, K = 64 tokens), A = P from smem ----
+      reg_fence(o);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint64_t da = make_desc(sP + kk * 32, 16, 1024);
+        uint64_t db = make_desc(sK + (4 * wg) * kChunkBytes + kk * 16 * 128, kChunkBytes, 1024);
+        ElemTraits<Elem>::pv_ss(o, da, db);
+      }
+      wgmma_commit();
+      wgmma_wait0();
+      reg_fence(o);
+
+      // this warp is done with the stage: release it to the producer. No block-wide barrier is
+      // needed for sP / sMax: the next writes of either happen after a barrier that both
+      // warpgroups reach only after their reads (see docs/PERFORMANCE.md, v3).
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty0 + 8 * stage);
+      ++consumed;
+    }
+
+    // ---- epilogue: row sums of both halves ----
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float l = lrow[h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      if ((lane & 3) == 0) sSum[wg * kBlockM + r0 + 8 * h] = l;
+    }
+    consumer_sync();
+    float lse_r[2], inv[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float l = sSum[r0 + 8 * h] + sSum[kBlockM + r0 + 8 * h];
+      if (l > 0.f && mrow[h] != NEG_INF) {
+        inv[h] = 1.f / l;
+        lse_r[h] = (mrow[h] + log2f(l)) * 0.69314718055994530942f;
+      } else {
+        inv[h] = 0.f;
+        lse_r[h] = NEG_INF;
+      }
+    }
+    write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, nsplit <= 1,
+                     static_cast<size_t>(m.seq_split_base[i] + split_idx));
+  }
+  }  // consumers
+}
+
+}  // namespace distmla::kernels::detail
