@@ -11,6 +11,11 @@
 
 namespace distmla::kernels::detail {
 
+// Producer cursor over the (sequence, block) items of a part.
+struct Cursor {
+  int seq, blk, end;
+};
+
 // Epilogue of the wgmma kernels: this warpgroup's 256 output columns of rows r0 and r0 + 8,
 // normalised by inv; straight to out/lse when the sequence has one split, else to the partials.
 template <typename Elem>

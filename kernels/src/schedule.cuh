@@ -102,9 +102,4 @@ __device__ __forceinline__ void part_block_range(const Meta& m, int W, int p, in
   if (e < a) e = a;
 }
 
-// Producer cursor over the (sequence, block) items of a part.
-struct Cursor {
-  int seq, blk, end;
-};
-
 }  // namespace distmla::kernels::detail
