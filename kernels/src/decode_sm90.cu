@@ -5,7 +5,8 @@
 //   * rows of a sequence = s_q * h_q query rows (row r = t * h_q + h), tiled by 64 (grid.y);
 //   * KV in 64-token blocks; every sequence costs nblk + kSeqOverhead "units"; the units of the
 //     whole batch are cut into num_parts equal contiguous ranges (grid.x = num_parts), so each
-//     CTA (persistent, 1 per SM) gets the same amount of work whatever the length mix;
+//     CTA (persistent, 1 per SM) gets the same amount of work whatever the length mix; the
+//     schedule uses a few parts less when that lets every cut fall between sequences;
 //   * a sequence cut over several parts is a split: its CTAs write fp32 partials (o, lse) into
 //     the workspace and the combine kernel merges them; a sequence done by one CTA is written
 //     directly to out/lse.
@@ -116,7 +117,10 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   cudaError_t err;
   const KernelKind kind = kernel_kind();
   if (!reuse_schedule) {
-    schedule_kernel<<<1, kSchedThreads, 0, stream>>>(t.seqlens, meta, s.batch, max_len, w.num_parts);
+    // Fewer parts to avoid splits only pays with several row tiles: each split then writes and
+    // combines >= 128 rows of fp32 partials (docs/PERFORMANCE.md, run 10).
+    schedule_kernel<<<1, kSchedThreads, 0, stream>>>(t.seqlens, meta, s.batch, max_len, w.num_parts,
+                                                     tiles >= 2 ? kMaxPartCandidates : 1);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

@@ -9,15 +9,21 @@
 namespace distmla::kernels::detail {
 
 constexpr int kSchedThreads = 1024;
+constexpr int kMaxPartCandidates = 8;  // part counts tried below num_parts
+constexpr int kSplitCost = kSeqOverhead;  // a split's cost to its parts, in blocks
+constexpr int kSchedSmemSeqs = 2048;      // batches up to this size search in smem
 
 __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* __restrict__ seqlens,
                                                                  Meta m, int batch, int max_len,
-                                                                 int num_parts) {
+                                                                 int num_parts, int max_candidates) {
   pdl_launch_dependents();
   using Scan = cub::BlockScan<int, kSchedThreads>;
   __shared__ typename Scan::TempStorage tmp;
   __shared__ int s_carry;
   __shared__ int s_w;
+  __shared__ int s_parts;
+  __shared__ int s_splits[kMaxPartCandidates];
+  __shared__ int s_ustart[kSchedSmemSeqs];
   const int tid = threadIdx.x;
   if (tid == 0) s_carry = 0;
   __syncthreads();
@@ -40,17 +46,55 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
     if (tid == 0) s_carry += agg;
     __syncthreads();
   }
+  // Number of parts: num_parts, or slightly fewer when that lets every cut fall between two
+  // sequences. A cut inside a sequence costs a split (fp32 partials out and back through the
+  // combine); the busiest part decides the kernel's time. Cost of P' parts: W' = ceil(total /
+  // P') units per part, plus kSplitCost when some cut splits a sequence. For 128 sequences of
+  // 18 units over 66 parts: 66 parts cost 35 + 2, 64 parts cost 36 with no split at all.
+  const int total = s_carry;
+  // P' = num_parts - k, k < ncand; a single candidate (the caller's choice where splits are
+  // cheap, i.e. one row tile) skips the search and its ~2 us.
+  const int ncand = min(min(num_parts, max_candidates), kMaxPartCandidates);
+  if (tid < kMaxPartCandidates) s_splits[tid] = 0;
+  // unit starts staged in smem (when they fit) for the binary searches below
+  const bool staged = ncand > 1 && batch <= kSchedSmemSeqs;
+  if (staged)
+    for (int i = tid; i < batch; i += kSchedThreads) s_ustart[i] = m.seq_ustart[i];
+  __syncthreads();
+  const int* ustart = staged ? s_ustart : m.seq_ustart;
+  for (int idx = tid; ncand > 1 && idx < ncand * num_parts; idx += kSchedThreads) {  // (k, cut q)
+    const int k = idx / num_parts, q = idx % num_parts;
+    const int pc = num_parts - k;
+    const int wc = max((total + pc - 1) / pc, 1);
+    const int x = q * wc;
+    if (q == 0 || q >= pc || x >= total) continue;
+    int lo = 0, hi = batch - 1;  // last sequence starting at or before x
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (ustart[mid] <= x) lo = mid; else hi = mid - 1;
+    }
+    const int us = ustart[lo];
+    if (x > us && x < us + max(m.seq_nblk[lo], 1)) atomicAdd(&s_splits[k], 1);
+  }
+  __syncthreads();
   if (tid == 0) {
-    int total = s_carry;
-    int w = (total + num_parts - 1) / num_parts;
-    s_w = w < 1 ? 1 : w;
+    int best = num_parts, best_cost = 0x7fffffff;
+    for (int k = 0; k < ncand; ++k) {
+      const int pc = num_parts - k;
+      const int wc = max((total + pc - 1) / pc, 1);
+      const int cost = wc + (s_splits[k] > 0 ? kSplitCost : 0);
+      if (cost < best_cost) { best_cost = cost; best = pc; }  // ties keep more parts
+    }
+    s_parts = best;
+    s_w = max((total + best - 1) / best, 1);
     m.hdr[0] = s_w;
     m.hdr[1] = total;
-    m.hdr[3] = num_parts;
+    m.hdr[3] = best;
     s_carry = 0;
   }
   __syncthreads();
   const int W = s_w;
+  const int parts = s_parts;
   // pass 2: parts touching each sequence, split bases
   for (int base = 0; base < batch; base += kSchedThreads) {
     int i = base + tid;
@@ -75,6 +119,11 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
   __syncthreads();  // global writes above visible to the block
   // pass 3: sequence range of each part (first i with last_part >= p, first i with first_part > p)
   for (int p = tid; p < num_parts; p += kSchedThreads) {
+    if (p >= parts) {  // grid.x stays num_parts: the CTAs past the chosen parts exit at once
+      m.part_begin[p] = 0;
+      m.part_end[p] = 0;
+      continue;
+    }
     int lo = 0, hi = batch;
     while (lo < hi) {
       int mid = (lo + hi) >> 1;

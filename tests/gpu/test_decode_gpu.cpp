@@ -232,6 +232,12 @@ TEST(GpuDecode, Batch128Short) {
   SKIP_WITHOUT_SM90();
   run_case({128, 1, 16, 64, 20, true, 0.1});
 }
+// 128 equal sequences of 1024 tokens at h_q 128: the schedule takes 64 parts of two whole
+// sequences instead of 66 parts that split most of them (schedule.cuh).
+TEST(GpuDecode, UniformBatchWholeSequenceParts) {
+  SKIP_WITHOUT_SM90();
+  run_case({128, 1, 128, 64, 1024, false});
+}
 
 // Graph capture + replay, and reuse_schedule, give the same bits as a direct run.
 TEST(GpuDecode, GraphReplayAndReuseSchedule) {
