@@ -1,17 +1,16 @@
-// Distributed decode step: local decode -> (pack) -> exchange over the CP group -> combine.
+// Distributed decode plan: validate, resolve mode and sub-batches, size one workspace
+// (the step itself: decoder_run.cpp).
 #include "distmla/dist/decoder.h"
 
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <chrono>
-#include <cstring>
 #include <string>
 
 #include "check.h"
+#include "decoder_impl.h"
 #include "distmla/dist/host_combine.h"
 #include "distmla/distmla.hpp"
-#include "distmla/kernels/cross_rank_combine.h"
 
 namespace distmla::dist {
 
@@ -20,10 +19,6 @@ namespace {
 constexpr size_t kAlign = 256;
 inline size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 inline size_t elem_bytes(dmlaDataType_t t) { return t == dmlaFP32 ? 4 : 2; }
-inline kernels::ElemType to_elem(dmlaDataType_t t) {
-  return t == dmlaBF16 ? kernels::ElemType::kBF16
-                       : (t == dmlaFP16 ? kernels::ElemType::kFP16 : kernels::ElemType::kFP32);
-}
 const char* dtype_name(dmlaDataType_t t) {
   return t == dmlaBF16 ? "bf16" : (t == dmlaFP16 ? "fp16" : (t == dmlaFP32 ? "fp32" : "?"));
 }
@@ -33,35 +28,10 @@ const char* dtype_name(dmlaDataType_t t) {
 
 }  // namespace
 
-struct DistDecoder::Impl {
-  DecoderConfig cfg;
-  ShardPlan shard;
-  MergeMode mode = MergeMode::kAllGather;
-  dmlaBackend_t backend = dmlaBackendCpu;
-  bool device = false;
-  std::shared_ptr<Communicator> cp_comm, tp_comm;
-  DecodePlan local;               // this rank's pages (the bulk when split_tail)
-  std::unique_ptr<DecodePlan> tail;  // split_tail: the s_q - 1 newest tokens, exact per query
-  size_t local_ws = 0, tail_ws = 0;
-  size_t off_tail_ws = 0, off_ab = 0, ab_o_bytes = 0, ab_part_bytes = 0;
-  // Workspace layout (offsets in bytes, 256-aligned).
-  size_t off_stage = 0, off_send = 0, off_recv = 0, off_scratch = 0, total = 0;
-  size_t o_bytes = 0;       // o block of one exchanged part/chunk
-  size_t part_bytes = 0;    // one exchanged part (all-gather) or chunk (all-to-all)
-  size_t stage_o_bytes = 0;  // all-to-all: local decode output before the pack
-  int h_tp = 0, max_slice = 0;
-  bool direct = false;      // cp == 1 with out in the partial layout: decode straight into out
-  cudaEvent_t ev[4] = {};
-  StepTiming host_timing;
-
-  Impl(const DecoderConfig& c, const ShardPlan& s, dmlaDecodeShape_t ls, dmlaBackend_t be)
-      : cfg(c), shard(s), backend(be), local(ls, be) {}
-};
-
-static dmlaDecodeShape_t local_shape(const DecoderConfig& cfg, const ShardPlan& s) {
+static dmlaDecodeShape_t local_shape(const DecoderConfig& cfg, const ShardPlan& s, int rows) {
   dmlaDecodeShape_t ls;
   dmlaShapeInit(&ls);
-  ls.batch = cfg.batch;
+  ls.batch = rows;
   ls.s_q = cfg.s_q;
   ls.h_q = s.heads().count;
   ls.page_size = cfg.page_size;
@@ -77,9 +47,9 @@ static dmlaDecodeShape_t local_shape(const DecoderConfig& cfg, const ShardPlan& 
 }
 
 // The tail problem of split_tail: batch * s_q rows of one query, non-causal, kTailPages pages.
-static dmlaDecodeShape_t tail_shape(const DecoderConfig& cfg, const ShardPlan& s) {
-  dmlaDecodeShape_t ts = local_shape(cfg, s);
-  ts.batch = cfg.batch * cfg.s_q;
+static dmlaDecodeShape_t tail_shape(const DecoderConfig& cfg, const ShardPlan& s, int rows) {
+  dmlaDecodeShape_t ts = local_shape(cfg, s, rows);
+  ts.batch = rows * cfg.s_q;
   ts.s_q = 1;
   ts.max_blocks_per_seq = ShardPlan::kTailPages;
   ts.causal = 0;
@@ -125,11 +95,24 @@ ShardGroups split_groups(Communicator& world, int tp, int cp) {
 DistDecoder::DistDecoder(Communicator& world, const DecoderConfig& cfg)
     : DistDecoder(world, split_groups(world, std::max(1, cfg.tp), std::max(1, cfg.cp)), cfg) {}
 
+// Slices of the batch (DecoderConfig::sub_batches). Automatic is 1 (no overlap) until the
+// overlap is measured on GPUs: the decode kernel is persistent (one CTA per SM), so NCCL blocks
+// scheduled during the next slice's attention may delay its CTAs instead of hiding the exchange.
+static int resolve_sub_batches(const DecoderConfig& cfg) {
+  if (cfg.sub_batches < 0 || cfg.sub_batches > DistDecoder::kMaxSubBatches)
+    bad("sub_batches = " + std::to_string(cfg.sub_batches) + " (must be 0 (automatic) .. " +
+        std::to_string(DistDecoder::kMaxSubBatches) + ")");
+  if (cfg.sub_batches > std::max(cfg.batch, 1))
+    bad("sub_batches = " + std::to_string(cfg.sub_batches) + " > batch = " + std::to_string(cfg.batch));
+  return cfg.sub_batches > 0 ? cfg.sub_batches : 1;
+}
+
 DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const DecoderConfig& cfg) {
   ShardPlan s = make_shard(world, cfg);
   const dmlaBackend_t be = resolve_backend(world, cfg.backend);
-  impl_ = std::make_unique<Impl>(cfg, s, local_shape(cfg, s), be);
+  impl_ = std::make_unique<Impl>(cfg, s);
   Impl& m = *impl_;
+  m.backend = be;
   m.device = be == dmlaBackendCuda;
   m.h_tp = s.heads().count;
   m.max_slice = s.max_slice();
@@ -155,39 +138,52 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
     m.mode = cfg.mode;
   }
 
-  m.local_ws = align_up(m.local.workspace_bytes());
-  const size_t rows = static_cast<size_t>(cfg.batch) * cfg.s_q;
+  // Sub-batches: consecutive rows, the first batch % k one row longer.
+  const int k = resolve_sub_batches(cfg);
+  m.slices.resize(k);
+  for (int i = 0, row = 0; i < k; ++i) {
+    DecoderSlice& sl = m.slices[i];
+    sl.row0 = row;
+    sl.rows = cfg.batch / k + (i < cfg.batch % k ? 1 : 0);
+    row += sl.rows;
+    sl.local = std::make_unique<DecodePlan>(local_shape(cfg, s, sl.rows), be);
+    m.local_ws = std::max(m.local_ws, align_up(sl.local->workspace_bytes()));
+    if (s.split_tail()) {
+      sl.tail = std::make_unique<DecodePlan>(tail_shape(cfg, s, sl.rows), be);
+      m.tail_ws = std::max(m.tail_ws, align_up(sl.tail->workspace_bytes()));
+    }
+  }
   const size_t pe = elem_bytes(cfg.partial_dtype);
   m.direct = cfg.cp == 1 && cfg.partial_dtype == cfg.out_dtype;
-  size_t off = m.local_ws;
-  if (s.split_tail()) {
-    m.tail = std::make_unique<DecodePlan>(tail_shape(cfg, s), be);
-    m.tail_ws = align_up(m.tail->workspace_bytes());
-    m.off_tail_ws = off;
-    off += m.tail_ws;
-    // Two parts (bulk, tail) of the same layout, merged before the exchange.
-    m.ab_o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
-    m.ab_part_bytes = align_up(m.ab_o_bytes + rows * m.h_tp * sizeof(float));
-    m.off_ab = off;
-    off += 2 * m.ab_part_bytes;
-  }
-  if (m.mode == MergeMode::kAllGather) {
-    m.o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
-    m.part_bytes = align_up(m.o_bytes + rows * m.h_tp * sizeof(float));
-    m.off_send = off;
-    off += m.direct ? 0 : m.part_bytes;
-    m.off_recv = off;
-    off += cfg.cp > 1 ? m.part_bytes * cfg.cp : 0;
-  } else {
-    m.stage_o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
-    m.off_stage = off;
-    off += align_up(m.stage_o_bytes + rows * m.h_tp * sizeof(float));
-    m.o_bytes = align_up(rows * m.max_slice * DMLA_D_V * pe);
-    m.part_bytes = align_up(m.o_bytes + rows * m.max_slice * sizeof(float));
-    m.off_send = off;
-    off += m.part_bytes * cfg.cp;
-    m.off_recv = off;
-    off += m.part_bytes * cfg.cp;
+  m.off_tail_ws = m.local_ws;
+  size_t off = m.local_ws + m.tail_ws;
+  for (DecoderSlice& sl : m.slices) {
+    const size_t rows = static_cast<size_t>(sl.rows) * cfg.s_q;
+    if (s.split_tail()) {
+      // Two parts (bulk, tail) of the same layout, merged before the exchange.
+      sl.ab_o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
+      sl.ab_part_bytes = align_up(sl.ab_o_bytes + rows * m.h_tp * sizeof(float));
+      sl.off_ab = off;
+      off += 2 * sl.ab_part_bytes;
+    }
+    if (m.mode == MergeMode::kAllGather) {
+      sl.o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
+      sl.part_bytes = align_up(sl.o_bytes + rows * m.h_tp * sizeof(float));
+      sl.off_send = off;
+      off += m.direct ? 0 : sl.part_bytes;
+      sl.off_recv = off;
+      off += cfg.cp > 1 ? sl.part_bytes * cfg.cp : 0;
+    } else {
+      sl.stage_o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
+      sl.off_stage = off;
+      off += align_up(sl.stage_o_bytes + rows * m.h_tp * sizeof(float));
+      sl.o_bytes = align_up(rows * m.max_slice * DMLA_D_V * pe);
+      sl.part_bytes = align_up(sl.o_bytes + rows * m.max_slice * sizeof(float));
+      sl.off_send = off;
+      off += sl.part_bytes * cfg.cp;
+      sl.off_recv = off;
+      off += sl.part_bytes * cfg.cp;
+    }
   }
   if (!m.device) {
     m.off_scratch = off;
@@ -195,20 +191,44 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
   }
   m.total = off;
 
+  // Overlap: the side stream outranks the decode so its few NCCL/combine blocks are scheduled
+  // as soon as SMs free up instead of queueing behind the next slice's attention.
+  m.overlap = m.device && k > 1 && !m.direct;
+  if (m.overlap) {
+    int least = 0, greatest = 0;
+    DMLA_DIST_CUDA_THROW(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    DMLA_DIST_CUDA_THROW(cudaStreamCreateWithPriority(&m.side, cudaStreamNonBlocking, greatest));
+    m.ready.resize(k);
+    for (auto& e : m.ready) DMLA_DIST_CUDA_THROW(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    DMLA_DIST_CUDA_THROW(cudaEventCreateWithFlags(&m.joined, cudaEventDisableTiming));
+  }
   if (m.device && cfg.record_timing)
     for (auto& e : m.ev) DMLA_DIST_CUDA_THROW(cudaEventCreate(&e));
 }
 
-DistDecoder::~DistDecoder() {
-  if (!impl_) return;
-  for (auto& e : impl_->ev)
+DistDecoder::Impl::~Impl() {
+  for (auto& e : ev)
     if (e) cudaEventDestroy(e);
+  for (auto& e : ready)
+    if (e) cudaEventDestroy(e);
+  if (joined) cudaEventDestroy(joined);
+  if (side) cudaStreamDestroy(side);
 }
+
+DistDecoder::~DistDecoder() = default;
 
 const ShardPlan& DistDecoder::shard() const { return impl_->shard; }
 MergeMode DistDecoder::mode() const { return impl_->mode; }
 dmlaBackend_t DistDecoder::backend() const { return impl_->backend; }
 size_t DistDecoder::workspace_bytes() const { return impl_->total; }
+int DistDecoder::sub_batches() const { return static_cast<int>(impl_->slices.size()); }
+
+size_t DistDecoder::exchange_bytes() const {
+  if (impl_->cfg.cp == 1) return 0;
+  size_t n = 0;
+  for (const DecoderSlice& sl : impl_->slices) n += sl.part_bytes;
+  return n;
+}
 Communicator& DistDecoder::cp_group() { return *impl_->cp_comm; }
 Communicator& DistDecoder::tp_group() { return *impl_->tp_comm; }
 
@@ -233,148 +253,6 @@ dmlaResult_t DistDecoder::last_timing(StepTiming* t) const {
   t->attention_us = ms[0] * 1e3;
   t->exchange_us = ms[1] * 1e3;
   t->merge_us = ms[2] * 1e3;
-  return dmlaSuccess;
-}
-
-dmlaResult_t DistDecoder::run(const DecoderInputs& in, void* workspace, size_t ws_bytes, void* stream) {
-  Impl& m = *impl_;
-  const DecoderConfig& cfg = m.cfg;
-  if (cfg.batch == 0) return dmlaSuccess;
-  // out/lse may be null on a rank whose head slice is empty (all-to-all, fewer heads than ranks).
-  const bool has_out = out_heads().count > 0;
-  const char* missing = !in.q ? "q" : !in.kv_pool ? "kv_pool" : !in.block_table ? "block_table"
-                      : !in.seqlens ? "seqlens" : (has_out && !in.out) ? "out" : (has_out && !in.lse) ? "lse"
-                      : nullptr;
-  if (missing) return set_error(dmlaErrorNullPointer, std::string("DistDecoder::run: ") + missing + " is null");
-  if (ws_bytes < m.total)
-    return set_error(dmlaErrorWorkspace, "DistDecoder::run: workspace_bytes = " + std::to_string(ws_bytes) +
-                                             " < " + std::to_string(m.total));
-  if (m.total > 0 && (!workspace || reinterpret_cast<uintptr_t>(workspace) % kAlign != 0))
-    return set_error(dmlaErrorWorkspace, "DistDecoder::run: workspace is null or not 256-byte aligned");
-
-  char* ws = static_cast<char*>(workspace);
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const bool timing = cfg.record_timing;
-  using clk = std::chrono::steady_clock;
-  auto mark = [&](int i, clk::time_point* tp) -> dmlaResult_t {
-    if (!timing) return dmlaSuccess;
-    if (m.device) DMLA_DIST_CUDA_RET(cudaEventRecord(m.ev[i], st));
-    else *tp = clk::now();
-    return dmlaSuccess;
-  };
-  clk::time_point tp[4];
-  if (auto r = mark(0, &tp[0]); r != dmlaSuccess) return r;
-
-  // 1. Local attention of this rank's heads over its pages.
-  dmlaDecodeTensors_t lt{};
-  lt.q = in.q;
-  lt.kv_pool = in.kv_pool;
-  lt.block_table = in.block_table;
-  lt.seqlens = in.seqlens;
-  char* part_o;
-  float* part_lse;
-  if (m.mode == MergeMode::kAllGather) {
-    part_o = m.direct ? static_cast<char*>(in.out) : ws + m.off_send;
-    part_lse = m.direct ? in.lse : reinterpret_cast<float*>(ws + m.off_send + m.o_bytes);
-  } else {
-    part_o = ws + m.off_stage;
-    part_lse = reinterpret_cast<float*>(ws + m.off_stage + m.stage_o_bytes);
-  }
-  const bool split = m.shard.split_tail();
-  if (split && (!in.tail_block_table || !in.tail_seqlens))
-    return set_error(dmlaErrorNullPointer, "DistDecoder::run: tail_block_table or tail_seqlens is null "
-                                           "(needed with cp > 1, s_q > 1, causal)");
-  char* ab = ws + m.off_ab;
-  lt.out = split ? ab : part_o;
-  lt.lse = split ? reinterpret_cast<float*>(ab + m.ab_o_bytes) : part_lse;
-  try {
-    m.local.run(lt, ws, m.local_ws, stream);
-    if (split) {
-      dmlaDecodeTensors_t tt = lt;
-      tt.block_table = in.tail_block_table;
-      tt.seqlens = in.tail_seqlens;
-      tt.out = ab + m.ab_part_bytes;
-      tt.lse = reinterpret_cast<float*>(ab + m.ab_part_bytes + m.ab_o_bytes);
-      m.tail->run(tt, ws + m.off_tail_ws, m.tail_ws, stream);
-    }
-  } catch (const Error& e) {
-    return set_error(e.code(), std::string("DistDecoder::run: local decode: ") + e.what());
-  }
-  if (split) {
-    // Bulk (lse [b, h, s_q]) + tail (lse [b, s_q, h]) -> this rank's partial, merge law.
-    if (m.device) {
-      kernels::CrossRankCombineArgs a;
-      a.num_parts = 2; a.batch = cfg.batch; a.s_q = cfg.s_q; a.heads = m.h_tp; a.part_heads = m.h_tp;
-      a.parts = ab; a.part_stride = m.ab_part_bytes; a.lse_offset = m.ab_o_bytes;
-      a.part_type = to_elem(cfg.partial_dtype); a.bsh_from = 1; a.out = part_o;
-      a.out_type = to_elem(cfg.partial_dtype); a.lse_out = part_lse;
-      DMLA_DIST_CUDA_RET(kernels::cross_rank_combine(a, st));
-    } else {
-      CombineLayout l;
-      l.num_parts = 2; l.batch = cfg.batch; l.s_q = cfg.s_q; l.heads = m.h_tp; l.part_heads = m.h_tp;
-      l.part_stride = m.ab_part_bytes; l.lse_offset = m.ab_o_bytes; l.part_dtype = cfg.partial_dtype;
-      l.bsh_from = 1;
-      combine_host(l, ab, part_o, cfg.partial_dtype, part_lse, ws + m.off_scratch);
-    }
-  }
-  if (m.direct) {
-    if (timing) for (int i = 1; i < 4; ++i) if (auto r = mark(i, &tp[i]); r != dmlaSuccess) return r;
-    if (timing && !m.device) m.host_timing = {std::chrono::duration<double, std::micro>(tp[1] - tp[0]).count(), 0, 0};
-    return dmlaSuccess;
-  }
-  const bool lse_bsh_local = false;  // the local partial's lse is [b, h, s_q]
-  if (m.mode == MergeMode::kAllToAll) {
-    if (m.device) {
-      kernels::PackHeadSlicesArgs p;
-      p.batch = cfg.batch; p.s_q = cfg.s_q; p.heads = m.h_tp; p.num_chunks = cfg.cp;
-      p.max_slice = m.max_slice; p.type = to_elem(cfg.partial_dtype); p.src_lse_bsh = lse_bsh_local;
-      p.o = part_o; p.lse = part_lse; p.chunks = ws + m.off_send; p.chunk_stride = m.part_bytes;
-      p.lse_offset = m.o_bytes;
-      DMLA_DIST_CUDA_RET(kernels::pack_head_slices(p, st));
-    } else {
-      PackLayout p;
-      p.batch = cfg.batch; p.s_q = cfg.s_q; p.heads = m.h_tp; p.num_chunks = cfg.cp;
-      p.max_slice = m.max_slice; p.dtype = cfg.partial_dtype; p.src_lse_bsh = lse_bsh_local;
-      p.chunk_stride = m.part_bytes; p.lse_offset = m.o_bytes;
-      pack_head_slices_host(p, part_o, part_lse, ws + m.off_send);
-    }
-  }
-  if (auto r = mark(1, &tp[1]); r != dmlaSuccess) return r;
-
-  // 2. Exchange over the CP group.
-  const char* parts = ws + m.off_send;
-  if (cfg.cp > 1) {
-    dmlaResult_t r = m.mode == MergeMode::kAllGather
-                         ? m.cp_comm->all_gather(ws + m.off_send, ws + m.off_recv, m.part_bytes, stream)
-                         : m.cp_comm->all_to_all(ws + m.off_send, ws + m.off_recv, m.part_bytes, stream);
-    if (r != dmlaSuccess) return r;
-    parts = ws + m.off_recv;
-  }
-  if (auto r = mark(2, &tp[2]); r != dmlaSuccess) return r;
-
-  // 3. Cross-rank combine into out / lse.
-  const bool ag = m.mode == MergeMode::kAllGather;
-  const int heads = ag ? m.h_tp : m.shard.my_slice().count;
-  if (m.device) {
-    kernels::CrossRankCombineArgs a;
-    a.num_parts = cfg.cp; a.batch = cfg.batch; a.s_q = cfg.s_q; a.heads = heads;
-    a.part_heads = ag ? m.h_tp : m.max_slice; a.head_offset = 0; a.parts = parts;
-    a.part_stride = m.part_bytes; a.lse_offset = m.o_bytes; a.part_type = to_elem(cfg.partial_dtype);
-    a.bsh_from = ag ? (1 << 30) : 0; a.out = in.out; a.out_type = to_elem(cfg.out_dtype);
-    a.lse_out = in.lse;
-    DMLA_DIST_CUDA_RET(kernels::cross_rank_combine(a, st));
-  } else {
-    CombineLayout l;
-    l.num_parts = cfg.cp; l.batch = cfg.batch; l.s_q = cfg.s_q; l.heads = heads;
-    l.part_heads = ag ? m.h_tp : m.max_slice; l.head_offset = 0; l.part_stride = m.part_bytes;
-    l.lse_offset = m.o_bytes; l.part_dtype = cfg.partial_dtype; l.bsh_from = ag ? (1 << 30) : 0;
-    combine_host(l, parts, in.out, cfg.out_dtype, in.lse, ws + m.off_scratch);
-  }
-  if (auto r = mark(3, &tp[3]); r != dmlaSuccess) return r;
-  if (timing && !m.device) {
-    auto us = [&](int a, int b) { return std::chrono::duration<double, std::micro>(tp[b] - tp[a]).count(); };
-    m.host_timing = {us(0, 1), us(1, 2), us(2, 3)};
-  }
   return dmlaSuccess;
 }
 

@@ -29,6 +29,7 @@
 #include "distmla/distmla.hpp"
 #include "distmla/reference.h"
 #include "distmla/workload.h"
+#include "exchange_bench.h"
 #include "job_options.h"
 
 namespace distmla::examples {
@@ -157,7 +158,9 @@ int run(const JobOptions& opt) {
   cfg.num_blocks = s.num_blocks; cfg.max_blocks_per_seq = s.max_blocks_per_seq;
   cfg.dtype = g.q_dtype; cfg.out_dtype = g.out_dtype; cfg.scale = g.scale; cfg.causal = g.causal != 0;
   cfg.tp = tp; cfg.cp = cp; cfg.mode = mode; cfg.record_timing = true; cfg.mean_len_hint = w.mean_len();
-  auto decp = std::make_unique<DistDecoder>(*comm, cfg);
+  cfg.sub_batches = opt.sub_batches;
+  ShardGroups groups = split_groups(*comm, tp, cp);  // shared with the -G decoder
+  auto decp = std::make_unique<DistDecoder>(*comm, groups, cfg);
   DistDecoder& dec = *decp;
   const Range oh = dec.out_heads();
   const size_t out_elems = static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V;
@@ -165,7 +168,8 @@ int run(const JobOptions& opt) {
   const size_t out_bytes = out_elems * (cfg.out_dtype == dmlaFP32 ? 4 : 2);
   std::vector<uint16_t> out(out_bytes / 2);
   std::vector<float> lse(lse_elems);
-  std::vector<double> step_us, xchg_us, merge_us;
+  std::vector<double> step_us, attn_us, xchg_us, merge_us;
+  ExchangeBench xb;  // -G: graph-replayed step, exchange + merge, bare collective (GPUs)
 
   if (gpus) {
     auto q = upload(s.q), kv = upload(s.kv), bt = upload(s.block_table), sl = upload(s.seqlens);
@@ -195,11 +199,20 @@ int run(const JobOptions& opt) {
       StepTiming t;
       check_dist(dec.last_timing(&t), "timing");
       step_us.push_back(ms * 1e3);
+      attn_us.push_back(t.attention_us);
       xchg_us.push_back(t.exchange_us);
       merge_us.push_back(t.merge_us);
     }
     DJ_CUDA(cudaMemcpy(out.data(), dout.p, out_bytes, cudaMemcpyDeviceToHost));
     DJ_CUDA(cudaMemcpy(lse.data(), dlse.p, lse_elems * 4, cudaMemcpyDeviceToHost));
+    if (opt.graph_iters > 0) {
+      // A decoder without timing events (they would be captured) on its own workspace.
+      DecoderConfig gcfg = cfg;
+      gcfg.record_timing = false;
+      DistDecoder gdec(*comm, groups, gcfg);
+      DevMem gws(gdec.workspace_bytes());
+      xb = bench_graphs(*comm, gdec, in, gws.p, st, opt.graph_iters);
+    }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     cudaStreamDestroy(st);
@@ -220,6 +233,7 @@ int run(const JobOptions& opt) {
       step_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count());
       StepTiming t;
       check_dist(dec.last_timing(&t), "timing");
+      attn_us.push_back(t.attention_us);
       xchg_us.push_back(t.exchange_us);
       merge_us.push_back(t.merge_us);
     }
@@ -245,18 +259,25 @@ int run(const JobOptions& opt) {
     rel = cr.rel_err;
   }
   const double kv_bytes = static_cast<double>(s.num_blocks) * g.page_size * DMLA_D_QK * 2;
-  const std::vector<double> all = gather(
-      *comm, {median(step_us), median(xchg_us), median(merge_us), wrong, rel, kv_bytes});
+  constexpr int kVals = 10;
+  const std::vector<double> all = gather(*comm, {median(step_us), median(xchg_us), median(merge_us), wrong, rel,
+                                                 kv_bytes, median(attn_us), xb.exchange_merge_us, xb.bare_us,
+                                                 xb.step_us});
   int failed = 0;
   if (L.rank == 0) {
-    double step = 0, xchg = 0, mrg = 0, nwrong = 0, maxrel = 0, kvmax = 0;
+    double step = 0, xchg = 0, mrg = 0, nwrong = 0, maxrel = 0, kvmax = 0, attn = 0, xm = 0, bare = 0, gstep = 0;
     for (int r = 0; r < L.world; ++r) {
-      step = std::max(step, all[6 * r]);
-      xchg = std::max(xchg, all[6 * r + 1]);
-      mrg = std::max(mrg, all[6 * r + 2]);
-      nwrong += all[6 * r + 3];
-      maxrel = std::max(maxrel, all[6 * r + 4]);
-      kvmax = std::max(kvmax, all[6 * r + 5]);
+      const double* v = &all[kVals * r];
+      step = std::max(step, v[0]);
+      xchg = std::max(xchg, v[1]);
+      mrg = std::max(mrg, v[2]);
+      nwrong += v[3];
+      maxrel = std::max(maxrel, v[4]);
+      kvmax = std::max(kvmax, v[5]);
+      attn = std::max(attn, v[6]);
+      xm = std::max(xm, v[7]);
+      bare = std::max(bare, v[8]);
+      gstep = std::max(gstep, v[9]);
     }
     // Per GPU: its heads over its share of the KV (DESIGN.md section 7 formulas on the shard).
     const double S = w.mean_len(), h_tp = static_cast<double>(g.h_q) / tp;
@@ -270,27 +291,44 @@ int run(const JobOptions& opt) {
     }
     std::printf("# distmla_decode distributed: %d ranks (%s, %s backend, %s), page %d, varlen %d, causal %d, "
                 "seed %llu, %d warm-up + %d timed steps (median, slowest rank); exchange and merge inside the "
-                "step time\n",
+                "step time; attn/exchange/merge us: exposed time of each phase (k sub-batches: the last one's)\n",
                 L.world, comm->backend_name(), gpus ? "cuda" : "cpu", devname.c_str(), g.page_size,
                 opt.varlen ? 1 : 0, opt.causal ? 1 : 0, static_cast<unsigned long long>(opt.seed), opt.warmup,
                 opt.iters);
-    std::printf("%7s %9s %5s %4s %9s %4s %10s %11s %9s %9s %9s %12s %8s %10s\n", "TPxCP", "merge", "b", "s_q",
-                "mean S", "h_q", "step us", "exchange us", "merge us", "TFLOP/s", "GB/s", "KV B/GPU", "#wrong",
-                "rel err");
+    const bool xbench = xm > 0;
+    if (gstep > 0)
+      std::printf("# -G %d: 'graph step us' = the step, 'x+m graph us' = exchange + merge alone (pack, NCCL, "
+                  "combine), 'bare us' = NCCL %s of the same %zu B a peer; each captured in a CUDA graph, median "
+                  "of %d replays, each replay after a barrier and a small NCCL all-gather (ranks aligned)\n",
+                  opt.graph_iters, dec.mode() == MergeMode::kAllToAll ? "all-to-all" : "all-gather",
+                  dec.exchange_bytes(), opt.graph_iters);
+    std::printf("%7s %9s %5s %4s %9s %4s %2s %10s %9s %11s %9s %9s %9s %12s %8s %10s %13s %12s %9s %6s\n", "TPxCP",
+                "merge", "b", "s_q", "mean S", "h_q", "k", "step us", "attn us", "exchange us", "merge us",
+                "TFLOP/s", "GB/s", "KV B/GPU", "#wrong", "rel err", "graph step us", "x+m graph us", "bare us",
+                "ratio");
     char layout[32];
     std::snprintf(layout, sizeof layout, "%dx%d", tp, cp);
     char rel_text[32] = "-";  // unchecked rows have no error to show
     if (opt.check) std::snprintf(rel_text, sizeof rel_text, "%.3e", maxrel);
-    std::printf("%7s %9s %5d %4d %9.1f %4d %10.1f %11.1f %9.1f %9.3f %9.1f %12.4g %8s %10s\n", layout,
-                merge_mode_name(dec.mode()), g.batch, g.s_q, S, g.h_q, step, xchg, mrg,
-                step > 0 ? flop / (step * 1e-6) / 1e12 : 0, step > 0 ? bytes / (step * 1e-6) / 1e9 : 0, kvmax,
-                opt.check ? std::to_string(static_cast<long long>(nwrong)).c_str() : "-", rel_text);
+    char gstep_text[32] = "-", xm_text[32] = "-", bare_text[32] = "-", ratio_text[32] = "-";
+    if (gstep > 0) std::snprintf(gstep_text, sizeof gstep_text, "%.1f", gstep);
+    if (xbench) {
+      std::snprintf(xm_text, sizeof xm_text, "%.1f", xm);
+      std::snprintf(bare_text, sizeof bare_text, "%.1f", bare);
+      std::snprintf(ratio_text, sizeof ratio_text, "%.2f", bare > 0 ? xm / bare : 0);
+    }
+    std::printf("%7s %9s %5d %4d %9.1f %4d %2d %10.1f %9.1f %11.1f %9.1f %9.3f %9.1f %12.4g %8s %10s %13s %12s %9s %6s\n",
+                layout, merge_mode_name(dec.mode()), g.batch, g.s_q, S, g.h_q, dec.sub_batches(), step, attn, xchg,
+                mrg, step > 0 ? flop / (step * 1e-6) / 1e12 : 0, step > 0 ? bytes / (step * 1e-6) / 1e9 : 0, kvmax,
+                opt.check ? std::to_string(static_cast<long long>(nwrong)).c_str() : "-", rel_text, gstep_text, xm_text,
+                bare_text, ratio_text);
     std::fflush(stdout);
     failed = opt.check && nwrong > 0;
   }
   const std::vector<double> verdict = gather(*comm, {static_cast<double>(failed)});
   check_dist(comm->barrier(), "final barrier");
   decp.reset();
+  groups = {};
   comm.reset();  // communicators before MPI_Finalize; the store server (rank 0) goes last
   if (L.mpi) MPI_Finalize();
   if (L.store) {

@@ -72,7 +72,8 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
                                       "--sq", "-p", "--page", "-n", "--iters", "-w", "--warmup",
                                       "-c", "--check", "--varlen", "--causal", "--seed", "--backend",
                                       "-t", "--tp", "-x", "--cp", "-m", "--merge", "--store",
-                                      "--rank", "--world"};
+                                      "--rank", "--world", "-k", "--sub-batches", "-G",
+                                      "--graph-iters"};
         bool is_known = false;
         for (const char* k : known) is_known |= flag == k;
         if (!is_known) *err = "unknown flag " + flag + " (see --help)";
@@ -143,11 +144,20 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
       ok = int_in(flag, val, 0, kIntMax, "rank must be >= 0", &opt->rank, err);
     } else if (flag == "--world") {
       ok = int_in(flag, val, 1, kIntMax, "world size must be >= 1", &opt->world, err);
+    } else if (flag == "-k" || flag == "--sub-batches") {
+      ok = int_in(flag, val, 0, 8, "sub-batches must be 0 (automatic) .. 8", &opt->sub_batches, err);
+    } else if (flag == "-G" || flag == "--graph-iters") {
+      ok = int_in(flag, val, 0, 100000, "graph replays must be 0 (off) .. 100000", &opt->graph_iters, err);
     } else {
       *err = "unknown flag " + flag + " (see --help)";
       ok = false;
     }
     if (!ok) return false;
+  }
+  if (opt->sub_batches > opt->batch && opt->batch > 0) {
+    *err = "-k/--sub-batches " + std::to_string(opt->sub_batches) + ": sub-batches must not exceed the batch " +
+           std::to_string(opt->batch);
+    return false;
   }
   if (opt->rank >= 0 && opt->world > 0 && opt->rank >= opt->world) {
     *err = "--rank " + std::to_string(opt->rank) + ": must be below --world " + std::to_string(opt->world);
@@ -177,6 +187,10 @@ void print_job_usage(const char* argv0) {
       "  -t, --tp N          tensor-parallel ranks (head groups, default 1)\n"
       "  -x, --cp N          context-parallel ranks (KV page shards, default 1)\n"
       "  -m, --merge M       allgather|alltoall|auto cross-rank merge (default auto)\n"
+      "  -k, --sub-batches N batch slices whose exchange overlaps the next one's attention,\n"
+      "                      1..8 (default 0: automatic; 1: no overlap)\n"
+      "  -G, --graph-iters N also time exchange + merge alone and a bare NCCL collective of the\n"
+      "                      same bytes, each graph-replayed N times (GPUs, cp > 1; default 0: off)\n"
       "      --store H:P     TCP store bootstrap instead of MPI (with --rank, --world)\n"
       "      --rank N        this process's rank (TCP store bootstrap)\n"
       "      --world N       number of processes (TCP store bootstrap)\n"

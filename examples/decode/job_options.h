@@ -29,6 +29,8 @@ struct JobOptions {
   std::string store;               // --store host:port (TCP store bootstrap instead of MPI)
   int rank = -1;                   // --rank
   int world = -1;                  // --world
+  int sub_batches = 0;             // -k  DecoderConfig::sub_batches (0: automatic)
+  int graph_iters = 0;             // -G  graph-replayed exchange + merge vs bare collective (0: off)
 };
 
 // Returns false with *err set (naming the flag and the value) on bad input; sets *help on --help.

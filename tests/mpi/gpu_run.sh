@@ -49,27 +49,41 @@ run() {  # run <command...>: one configuration
   "$@" >> "$LOG" 2>&1
   echo "## rc=$?" >> "$LOG"
 }
-# correctness + timing at a checkable size (CPU double reference on every rank)
-run dist -t 1 -x 2 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
-run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 20 -w 3
-run dist -t 2 -x 1 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
-run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -q 2 -n 20 -w 3
-run dist -t 1 -x 2 -m allgather -b 32 -s 4096 -H 128 -q 4 -n 20 -w 3
-run timeout 60 $D -b 32 -s 4096 -H 128 -q 2 -n 20 -w 3 -c 0
-# MTP, memory-bound heads: the bulk + tail split reads each KV page once
-run timeout 60 $D -b 64 -s 8192 -H 16 -q 2 -n 20 -w 3 -c 0
-run dist -t 1 -x 2 -m allgather -b 64 -s 8192 -H 16 -q 2 -n 20 -w 3
-run timeout 60 $D -b 32 -s 4096 -H 128 -n 20 -w 3
-# large rows (no CPU check): single device vs 1x2 (both merges) vs 2x1
-run timeout 60 $D -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
-run dist -t 1 -x 2 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
-run dist -t 1 -x 2 -m alltoall -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
-run dist -t 2 -x 1 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
-run timeout 60 $D -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
-run dist -t 1 -x 2 -m auto -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
-# issue-4 target rows: b 16 S 64k h 128 and b 64 S 32k h 16, one GPU vs CP 2, same run
+# ROWS=target: only the issue-4 rows (plus one checked sub-batch row); default: all rows.
+ROWS=${ROWS:-all}
+# issue-4 target rows: one GPU vs CP 2, same run; -k sub-batches (exchange overlapped with the
+# next slice's attention); -G: graph-replayed step, exchange + merge alone and a bare NCCL
+# collective of the same bytes
+G="-G 30"
+run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2
 run timeout 60 $D -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
-run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
-run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
-run dist -t 2 -x 1 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
+for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k $k $G; done
+run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k 1 $G
+run timeout 60 $D -b 64 -s 32768 -H 16 --varlen 0 -n 30 -w 3 -c 0
+for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 64 -s 32768 -H 16 --varlen 0 -n 30 -w 3 -c 0 -k $k $G; done
+if [ "$ROWS" = all ]; then
+  # correctness + timing at a checkable size (CPU double reference on every rank)
+  run dist -t 1 -x 2 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
+  run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 20 -w 3
+  run dist -t 2 -x 1 -m allgather -b 32 -s 4096 -H 128 -n 20 -w 3
+  run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -q 2 -n 20 -w 3
+  run dist -t 1 -x 2 -m allgather -b 32 -s 4096 -H 128 -q 4 -n 20 -w 3
+  run timeout 60 $D -b 32 -s 4096 -H 128 -q 2 -n 20 -w 3 -c 0
+  # MTP, memory-bound heads: the bulk + tail split reads each KV page once
+  run timeout 60 $D -b 64 -s 8192 -H 16 -q 2 -n 20 -w 3 -c 0
+  run dist -t 1 -x 2 -m allgather -b 64 -s 8192 -H 16 -q 2 -n 20 -w 3
+  run timeout 60 $D -b 32 -s 4096 -H 128 -n 20 -w 3
+  # large rows (no CPU check): single device vs 1x2 (both merges) vs 2x1
+  run timeout 60 $D -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
+  run dist -t 1 -x 2 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
+  run dist -t 1 -x 2 -m alltoall -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
+  run dist -t 2 -x 1 -m allgather -b 128 -s 8192 -H 128 -n 20 -w 3 -c 0
+  run timeout 60 $D -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
+  run dist -t 1 -x 2 -m auto -b 64 -s 32768 -H 16 --varlen 0 -n 20 -w 3 -c 0
+  # issue-4 target rows: b 16 S 64k h 128 and b 64 S 32k h 16, one GPU vs CP 2, same run
+  run timeout 60 $D -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
+  run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
+  run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
+  run dist -t 2 -x 1 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
+fi
 echo "done $(date -u)" >> "$G"

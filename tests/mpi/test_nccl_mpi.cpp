@@ -163,16 +163,18 @@ TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
     const dmlaDecodeShape_t& g = wl.shape;
     const int n = comm->size();
     for (auto [tp, cp] : std::vector<std::pair<int, int>>{{1, n}, {n, 1}})
-      for (MergeMode mode : {MergeMode::kAllGather, MergeMode::kAllToAll}) {
+      for (MergeMode mode : {MergeMode::kAllGather, MergeMode::kAllToAll})
+      for (int k : {1, 2}) {  // k 2: exchange + merge of slice 1 on the side stream (fork/join)
         SCOPED_TRACE("tp " + std::to_string(tp) + " cp " + std::to_string(cp) + " " + merge_mode_name(mode) +
-                     " s_q " + std::to_string(s_q));
+                     " s_q " + std::to_string(s_q) + " sub_batches " + std::to_string(k));
         ShardPlan plan(n, comm->rank(), tp, cp, g.h_q, g.s_q, true, g.page_size);
         RankShard s = shard_batch(plan, g, wl.host_tensors());
         DecoderConfig cfg;
         cfg.batch = g.batch; cfg.s_q = g.s_q; cfg.h_q = g.h_q; cfg.page_size = g.page_size;
         cfg.num_blocks = s.num_blocks; cfg.max_blocks_per_seq = s.max_blocks_per_seq;
-        cfg.tp = tp; cfg.cp = cp; cfg.mode = mode;
+        cfg.tp = tp; cfg.cp = cp; cfg.mode = mode; cfg.sub_batches = k;
         DistDecoder dec(*comm, cfg);
+        ASSERT_EQ(dec.sub_batches(), k);
         const Range oh = dec.out_heads();
         DevBuf<uint16_t> q(s.q), kv(s.kv), out(static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V);
         DevBuf<int32_t> bt(s.block_table), sl(s.seqlens), tbt(s.tail_block_table), tsl(s.tail_seqlens);
@@ -208,6 +210,17 @@ TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
         hl = lse.host();
         cr = test_util::compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
         EXPECT_TRUE(cr.ok()) << "graph: rel_err " << cr.rel_err << " lse " << cr.max_lse_err << " wrong " << cr.wrong;
+        // Exchange + merge alone, on the partials the replay left: the same output again.
+        CUDA_OK(cudaMemset(out.p, 0xFF, out.n * 2));
+        CUDA_OK(cudaMemset(lse.p, 0xFF, lse.n * 4));
+        ASSERT_EQ(dec.run_exchange(in, ws.p, dec.workspace_bytes(), st), dmlaSuccess) << last_error_message();
+        ASSERT_EQ(comm->wait(st), dmlaSuccess) << last_error_message();
+        if (cp > 1) {
+          ho = out.host();
+          hl = lse.host();
+          cr = test_util::compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
+          EXPECT_TRUE(cr.ok()) << "run_exchange: rel_err " << cr.rel_err << " wrong " << cr.wrong;
+        }
         // Graph execs go before the communicators they captured.
         cudaGraphExecDestroy(exec);
         cudaGraphDestroy(graph);

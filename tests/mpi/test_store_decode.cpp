@@ -99,6 +99,16 @@ TEST(StoreDecode, BadConfigAndInputsAreRejectedNamingTheValue) {
     EXPECT_NE(std::string(e.what()).find("partial_dtype = fp16"), std::string::npos) << e.what();
   }
   cfg.partial_dtype = dmlaBF16;
+  for (int k : {-1, 3, DistDecoder::kMaxSubBatches + 1}) {  // batch is 2
+    cfg.sub_batches = k;
+    try {
+      DistDecoder d(*comm, cfg);
+      FAIL() << "accepted sub_batches " << k;
+    } catch (const distmla::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("sub_batches = " + std::to_string(k)), std::string::npos) << e.what();
+    }
+  }
+  cfg.sub_batches = 0;
   cfg.backend = dmlaBackendCuda;  // host communicator
   EXPECT_THROW(DistDecoder(*comm, cfg), distmla::Error);
   cfg.backend = dmlaBackendAuto;

@@ -9,8 +9,14 @@
 //   - kAllToAll:  partials are exchanged by head slice and merged: out has this rank's slice.
 // A rank that holds no token of a row contributes lse = -inf, weight zero.
 //
+// Sub-batches (DecoderConfig::sub_batches): the batch is cut into k consecutive row slices;
+// on a device, the exchange and combine of slice i run on an internal high-priority stream
+// while slice i + 1's attention runs on the caller's stream, and the caller's stream waits for
+// them at the end of run() (events; nothing is allocated in run()). Results are the same
+// function for every k (each row is merged exactly as with k = 1).
+//
 // CUDA graphs: run() on a capturing stream records the whole step (local decode, pack, NCCL,
-// combine); replay it as often as wanted. Destroy every graph exec that captured a step before
+// combine, the internal stream's fork and join); replay it as often as wanted. Destroy every graph exec that captured a step before
 // the DistDecoder and the communicators (their NCCL communicators are finalised on destruction,
 // with the CommOptions deadline, and aborted if that deadline passes).
 #pragma once
@@ -44,6 +50,9 @@ struct DecoderConfig {
   dmlaBackend_t backend = dmlaBackendAuto;
   bool record_timing = false;  // per-phase timing (not while capturing a graph)
   double mean_len_hint = 0;    // for kAuto's choice; 0: page_size * max_blocks_per_seq * cp / 2
+  // Sub-batches whose exchange overlaps the next one's attention (1 .. min(batch, 8); 1: off).
+  // 0: automatic, which is 1 for now (the overlap is not measured on GPUs yet).
+  int sub_batches = 0;
 };
 
 // This rank's tensors, in the communicator's memory (device for NCCL, host for MPI).
@@ -60,6 +69,8 @@ struct DecoderInputs {
   float* lse = nullptr;               // [batch, out_heads().count, s_q]
 };
 
+// Device: event intervals of the exposed time (with sub-batches: until the last slice is
+// packed, then the last slice's exchange, then its combine). Host: each phase summed.
 struct StepTiming {
   double attention_us = 0;  // local decode (+ bulk/tail merge, head-slice pack)
   double exchange_us = 0;   // all-gather / all-to-all
@@ -77,6 +88,8 @@ ShardGroups split_groups(Communicator& world, int tp, int cp);
 
 class DistDecoder {
  public:
+  static constexpr int kMaxSubBatches = 8;
+
   // Collective over world (splits the CP and TP groups). Throws distmla::Error naming the
   // argument and the value on bad configuration.
   DistDecoder(Communicator& world, const DecoderConfig& cfg);
@@ -91,6 +104,10 @@ class DistDecoder {
   dmlaBackend_t backend() const;       // resolved
   Range out_heads() const;             // global heads this rank's out holds
   size_t workspace_bytes() const;
+  int sub_batches() const;             // resolved (never 0)
+  // Bytes one rank sends to each CP peer in a step (all-to-all chunk / all-gather part, summed
+  // over the sub-batches); 0 with cp = 1. A bare collective of this size is the transfer floor.
+  size_t exchange_bytes() const;
   Communicator& cp_group();
   Communicator& tp_group();
 
@@ -98,11 +115,20 @@ class DistDecoder {
   // computes (host). Never synchronises the stream; allocates nothing.
   dmlaResult_t run(const DecoderInputs& in, void* workspace, size_t workspace_bytes,
                    void* stream = nullptr);
+  // Everything after the local attention, on the partials the last run() left in the workspace:
+  // head-slice pack (all-to-all), exchange and combine of every sub-batch, in order on stream.
+  // For benchmarks (time the communication alone, e.g. graph-replayed); only in.out and in.lse
+  // are read. Graph-capturable; allocates nothing.
+  dmlaResult_t run_exchange(const DecoderInputs& in, void* workspace, size_t workspace_bytes,
+                            void* stream = nullptr);
   // Timing of the last run (record_timing; device: after the caller synchronised the stream).
   dmlaResult_t last_timing(StepTiming* t) const;
 
+  struct Impl;  // opaque (distributed/src/decoder_impl.h)
+
  private:
-  struct Impl;
+  dmlaResult_t check_run_args(const DecoderInputs& in, const void* workspace, size_t workspace_bytes,
+                              bool need_inputs) const;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,100 @@
+// Graph-replayed exchange + merge vs a bare collective of the same bytes (exchange_bench.h).
+#include "exchange_bench.h"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "distmla/dist/error.h"
+#include "distmla/distmla.hpp"
+
+namespace distmla::examples {
+
+namespace {
+
+void ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(dmlaErrorCuda, std::string("bench_exchange: ") + what + ": " + cudaGetErrorString(e));
+}
+void ok(dmlaResult_t r, const char* what) {
+  if (r != dmlaSuccess) throw Error(r, std::string("bench_exchange: ") + what + ": " + dist::last_error_message());
+}
+
+struct Buf {
+  void* p = nullptr;
+  explicit Buf(size_t n) { ok(cudaMalloc(&p, std::max<size_t>(n, 256)), "cudaMalloc"); }
+  ~Buf() { cudaFree(p); }
+};
+
+// One captured graph; the exec goes before anything it captured (the NCCL communicator).
+struct Graph {
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ~Graph() {
+    if (exec) cudaGraphExecDestroy(exec);
+    if (g) cudaGraphDestroy(g);
+  }
+};
+
+template <typename F>
+void capture(Graph* gr, cudaStream_t st, F&& body) {
+  ok(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "begin capture");
+  const dmlaResult_t r = body();
+  ok(cudaStreamEndCapture(st, &gr->g), "end capture");
+  ok(r, "captured call");
+  ok(cudaGraphInstantiate(&gr->exec, gr->g, 0), "instantiate");
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+}  // namespace
+
+ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, const dist::DecoderInputs& in,
+                           void* ws, cudaStream_t st, int replays) {
+  dist::Communicator& cp = dec.cp_group();
+  const size_t bytes = dec.exchange_bytes(), n = world.size();
+  const bool a2a = dec.mode() == dist::MergeMode::kAllToAll, comm_part = bytes > 0;
+  Buf send(bytes * n), recv(bytes * n), align_s(256), align_r(256 * n);
+  cudaEvent_t e0, e1;
+  ok(cudaEventCreate(&e0), "event");
+  ok(cudaEventCreate(&e1), "event");
+  std::vector<double> step, xm, bare;
+  {
+    Graph gs, gx, gb;
+    capture(&gs, st, [&] { return dec.run(in, ws, dec.workspace_bytes(), st); });
+    if (comm_part) {
+      capture(&gx, st, [&] { return dec.run_exchange(in, ws, dec.workspace_bytes(), st); });
+      capture(&gb, st, [&] {
+        return a2a ? cp.all_to_all(send.p, recv.p, bytes, st) : cp.all_gather(send.p, recv.p, bytes, st);
+      });
+    }
+    auto timed = [&](cudaGraphExec_t g) {
+      ok(world.barrier(), "barrier");
+      ok(world.all_gather(align_s.p, align_r.p, 256, st), "align");  // the ranks leave it together
+      ok(cudaEventRecord(e0, st), "record");
+      ok(cudaGraphLaunch(g, st), "graph launch");
+      ok(cudaEventRecord(e1, st), "record");
+      ok(world.wait(st), "wait");
+      float ms = 0;
+      ok(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
+      return ms * 1e3;
+    };
+    // Warm-up (the step first: run_exchange works on the partials it leaves), then interleaved
+    // replays so that drift hits all alike.
+    for (int i = 0; i < replays + 3; ++i) {
+      const double s = timed(gs.exec);
+      const double x = comm_part ? timed(gx.exec) : 0, b = comm_part ? timed(gb.exec) : 0;
+      if (i < 3) continue;
+      step.push_back(s);
+      xm.push_back(x);
+      bare.push_back(b);
+    }
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return {median(step), median(xm), median(bare)};
+}
+
+}  // namespace distmla::examples
