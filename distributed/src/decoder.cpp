@@ -95,9 +95,10 @@ ShardGroups split_groups(Communicator& world, int tp, int cp) {
 DistDecoder::DistDecoder(Communicator& world, const DecoderConfig& cfg)
     : DistDecoder(world, split_groups(world, std::max(1, cfg.tp), std::max(1, cfg.cp)), cfg) {}
 
-// Slices of the batch (DecoderConfig::sub_batches). Automatic is 1 (no overlap) until the
-// overlap is measured on GPUs: the decode kernel is persistent (one CTA per SM), so NCCL blocks
-// scheduled during the next slice's attention may delay its CTAs instead of hiding the exchange.
+// Slices of the batch (DecoderConfig::sub_batches). Automatic is 1 (no overlap): on 2x H200 two
+// slices made the CP=2 step 1.3x slower (docs/PERFORMANCE.md, run D4). The attention of two half
+// batches took 430 us instead of 340: each half spreads over every SM with half the work, so
+// the per-split costs double, and the persistent decode kernel leaves no SM to hide NCCL behind.
 static int resolve_sub_batches(const DecoderConfig& cfg) {
   if (cfg.sub_batches < 0 || cfg.sub_batches > DistDecoder::kMaxSubBatches)
     bad("sub_batches = " + std::to_string(cfg.sub_batches) + " (must be 0 (automatic) .. " +

@@ -51,7 +51,7 @@ struct DecoderConfig {
   bool record_timing = false;  // per-phase timing (not while capturing a graph)
   double mean_len_hint = 0;    // for kAuto's choice; 0: page_size * max_blocks_per_seq * cp / 2
   // Sub-batches whose exchange overlaps the next one's attention (1 .. min(batch, 8); 1: off).
-  // 0: automatic, which is 1 for now (the overlap is not measured on GPUs yet).
+  // 0: automatic, which is 1 (measured slower with 2: docs/PERFORMANCE.md, run D4).
   int sub_batches = 0;
 };
 
