@@ -31,6 +31,7 @@
 #include "distmla/workload.h"
 #include "exchange_bench.h"
 #include "job_options.h"
+#include "median.h"
 
 namespace distmla::examples {
 
@@ -81,11 +82,6 @@ std::vector<double> gather(Communicator& comm, const std::vector<double>& mine) 
   return all;
 }
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 int env_int(const char* name, int dflt) {
   const char* v = std::getenv(name);

@@ -7,6 +7,7 @@
 
 #include "distmla/dist/error.h"
 #include "distmla/distmla.hpp"
+#include "median.h"
 
 namespace distmla::examples {
 
@@ -42,11 +43,6 @@ void capture(Graph* gr, cudaStream_t st, F&& body) {
   ok(cudaStreamEndCapture(st, &gr->g), "end capture");
   ok(r, "captured call");
   ok(cudaGraphInstantiate(&gr->exec, gr->g, 0), "instantiate");
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "distmla/reference.h"
 #include "distmla/workload.h"
 #include "job_options.h"
+#include "median.h"
 
 namespace distmla::examples {
 
@@ -48,11 +49,6 @@ struct RunResult {
   std::string device;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // CPU backend: host tensors are used as they are.
 bool run_cpu(const JobOptions& opt, const DecodePlan& plan, dmlaDecodeTensors_t t, size_t out_bytes,
@@ -187,7 +183,7 @@ int run_single_device_job(const JobOptions& opt) {
   }
 
   const double mean_s = w.mean_len();
-  const double t_us = res.times_us.empty() ? 0.0 : median(res.times_us);
+  const double t_us = median(res.times_us);
   const double tflops = t_us > 0 ? decode_flops(shape, mean_s) / (t_us * 1e-6) / 1e12 : 0.0;
   const double gbs = t_us > 0 ? decode_bytes(shape, mean_s) / (t_us * 1e-6) / 1e9 : 0.0;
 
