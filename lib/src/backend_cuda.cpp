@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <string>
 
+#include "distmla/reference.h"
 #include "internal.h"
 
 namespace distmla::detail {
@@ -83,7 +84,7 @@ dmlaResult_t cuda_plan(const dmlaDecodeShape_t& shape, CudaPlanInfo* info) {
   k.max_blocks_per_seq = shape.max_blocks_per_seq;
   k.qkv_type = elem_type(shape.q_dtype);
   k.out_type = elem_type(shape.out_dtype);
-  k.scale = shape.scale == 0.f ? 1.0f / 24.0f : shape.scale;  // 1/sqrt(576) = 1/24 exactly
+  k.scale = static_cast<float>(resolved_scale(shape));  // 0 -> 1/sqrt(576) = 1/24, exact in float
   k.causal = shape.causal != 0;
   k.num_sms = sms;
   info->device = dev;
