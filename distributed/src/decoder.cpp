@@ -148,16 +148,21 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
     sl.rows = cfg.batch / k + (i < cfg.batch % k ? 1 : 0);
     row += sl.rows;
     sl.local = std::make_unique<DecodePlan>(local_shape(cfg, s, sl.rows), be);
-    m.local_ws = std::max(m.local_ws, align_up(sl.local->workspace_bytes()));
-    if (s.split_tail()) {
-      sl.tail = std::make_unique<DecodePlan>(tail_shape(cfg, s, sl.rows), be);
-      m.tail_ws = std::max(m.tail_ws, align_up(sl.tail->workspace_bytes()));
-    }
+    if (s.split_tail()) sl.tail = std::make_unique<DecodePlan>(tail_shape(cfg, s, sl.rows), be);
   }
   const size_t pe = elem_bytes(cfg.partial_dtype);
   m.direct = cfg.cp == 1 && cfg.partial_dtype == cfg.out_dtype;
-  m.off_tail_ws = m.local_ws;
-  size_t off = m.local_ws + m.tail_ws;
+  size_t off = 0;
+  for (DecoderSlice& sl : m.slices) {
+    sl.off_local = off;
+    sl.local_ws = align_up(sl.local->workspace_bytes());
+    off += sl.local_ws;
+    if (sl.tail) {
+      sl.off_tail = off;
+      sl.tail_ws = align_up(sl.tail->workspace_bytes());
+      off += sl.tail_ws;
+    }
+  }
   for (DecoderSlice& sl : m.slices) {
     const size_t rows = static_cast<size_t>(sl.rows) * cfg.s_q;
     if (s.split_tail()) {

@@ -13,12 +13,14 @@ namespace distmla::dist {
 
 // One sub-batch: batch rows [row0, row0 + rows) with its own partial, send and receive buffers
 // (its exchange may still run while the next sub-batch's attention writes its own buffers).
-// The decode workspaces are shared: the attention of all sub-batches runs on one stream.
+// Each has its own decode workspaces too, so that the schedule a run leaves there can be reused
+// (DMLA_RUN_REUSE_SCHEDULE) by the next layer.
 struct DecoderSlice {
   int row0 = 0, rows = 0;
   std::unique_ptr<DecodePlan> local;  // this rank's pages (the bulk when split_tail)
   std::unique_ptr<DecodePlan> tail;   // split_tail: the s_q - 1 newest tokens, exact per query
   // Workspace layout (offsets in bytes, 256-aligned).
+  size_t off_local = 0, local_ws = 0, off_tail = 0, tail_ws = 0;  // decode workspaces
   size_t off_ab = 0, ab_o_bytes = 0, ab_part_bytes = 0;  // split_tail: bulk + tail parts
   size_t off_stage = 0, stage_o_bytes = 0;  // all-to-all: local decode output before the pack
   size_t off_send = 0, off_recv = 0;
@@ -34,8 +36,7 @@ struct DistDecoder::Impl {
   bool device = false;
   std::shared_ptr<Communicator> cp_comm, tp_comm;
   std::vector<DecoderSlice> slices;
-  size_t local_ws = 0, tail_ws = 0, off_tail_ws = 0;  // shared decode workspaces (offset 0, then tail)
-  size_t off_scratch = 0, total = 0;                   // host combine scratch; workspace size
+  size_t off_scratch = 0, total = 0;  // host combine scratch; workspace size
   int h_tp = 0, max_slice = 0;
   bool direct = false;   // cp == 1 with out in the partial layout: decode straight into out
   bool overlap = false;  // device, several slices: exchange + merge on `side`, event-ordered

@@ -45,7 +45,8 @@ void out_rows(const Impl& m, const DecoderSlice& sl, const DecoderInputs& in, in
 }
 
 // 1. Local attention of slice sl (its rows of q, tables, seqlens) into its partial.
-dmlaResult_t attend(Impl& m, const DecoderSlice& sl, const DecoderInputs& in, char* ws, cudaStream_t st) {
+dmlaResult_t attend(Impl& m, const DecoderSlice& sl, const DecoderInputs& in, char* ws, unsigned flags,
+                    cudaStream_t st) {
   const DecoderConfig& cfg = m.cfg;
   const size_t r0 = sl.row0, sq = cfg.s_q;
   dmlaDecodeTensors_t lt{};
@@ -62,14 +63,14 @@ dmlaResult_t attend(Impl& m, const DecoderSlice& sl, const DecoderInputs& in, ch
   lt.out = split ? ab : p.o;
   lt.lse = split ? reinterpret_cast<float*>(ab + sl.ab_o_bytes) : p.lse;
   try {
-    sl.local->run(lt, ws, m.local_ws, st);
+    sl.local->run(lt, ws + sl.off_local, sl.local_ws, st, flags);
     if (split) {
       dmlaDecodeTensors_t tt = lt;
       tt.block_table = in.tail_block_table + r0 * sq * ShardPlan::kTailPages;
       tt.seqlens = in.tail_seqlens + r0 * sq;
       tt.out = ab + sl.ab_part_bytes;
       tt.lse = reinterpret_cast<float*>(ab + sl.ab_part_bytes + sl.ab_o_bytes);
-      sl.tail->run(tt, ws + m.off_tail_ws, m.tail_ws, st);
+      sl.tail->run(tt, ws + sl.off_tail, sl.tail_ws, st, flags);
     }
   } catch (const Error& e) {
     return set_error(e.code(), std::string("DistDecoder::run: local decode: ") + e.what());
@@ -179,8 +180,12 @@ dmlaResult_t DistDecoder::check_run_args(const DecoderInputs& in, const void* wo
   return dmlaSuccess;
 }
 
-dmlaResult_t DistDecoder::run(const DecoderInputs& in, void* workspace, size_t ws_bytes, void* stream) {
+dmlaResult_t DistDecoder::run(const DecoderInputs& in, void* workspace, size_t ws_bytes, void* stream,
+                              unsigned flags) {
   Impl& m = *impl_;
+  if (flags & ~DMLA_RUN_REUSE_SCHEDULE)
+    return set_error(dmlaErrorInvalidArgument, "DistDecoder::run: flags = " + std::to_string(flags) +
+                                                   " has bits other than DMLA_RUN_REUSE_SCHEDULE");
   if (m.cfg.batch == 0) return dmlaSuccess;
   DMLA_RUN_OK(check_run_args(in, workspace, ws_bytes, true));
   char* ws = static_cast<char*>(workspace);
@@ -209,7 +214,7 @@ dmlaResult_t DistDecoder::run(const DecoderInputs& in, void* workspace, size_t w
   for (int i = 0; i < k; ++i) {
     const DecoderSlice& sl = m.slices[i];
     const bool last = i == k - 1;
-    DMLA_RUN_OK(attend(m, sl, in, ws, st));
+    DMLA_RUN_OK(attend(m, sl, in, ws, flags, st));
     if (!m.direct) DMLA_RUN_OK(pack(m, sl, ws, st));
     lap(0);
     if (last) DMLA_RUN_OK(mark(1, st));

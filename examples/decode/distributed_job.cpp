@@ -165,6 +165,8 @@ int run(const JobOptions& opt) {
   std::vector<uint16_t> out(out_bytes / 2);
   std::vector<float> lse(lse_elems);
   std::vector<double> step_us, attn_us, xchg_us, merge_us;
+  // -r 1: the timed steps reuse the schedule the warm-up left (every layer after the first).
+  const unsigned flags = opt.reuse_schedule ? DMLA_RUN_REUSE_SCHEDULE : 0u;
   ExchangeBench xb;  // -G: graph-replayed step, exchange + merge, bare collective (GPUs)
 
   if (gpus) {
@@ -187,7 +189,7 @@ int run(const JobOptions& opt) {
     for (int i = 0; i < opt.iters; ++i) {
       check_dist(comm->barrier(), "barrier");  // ranks start each timed step together
       DJ_CUDA(cudaEventRecord(e0, st));
-      check_dist(dec.run(in, ws.p, dec.workspace_bytes(), st), "run");
+      check_dist(dec.run(in, ws.p, dec.workspace_bytes(), st, flags), "run");
       DJ_CUDA(cudaEventRecord(e1, st));
       check_dist(comm->wait(st), "wait");
       float ms = 0;
@@ -207,7 +209,7 @@ int run(const JobOptions& opt) {
       gcfg.record_timing = false;
       DistDecoder gdec(*comm, groups, gcfg);
       DevMem gws(gdec.workspace_bytes());
-      xb = bench_graphs(*comm, gdec, in, gws.p, st, opt.graph_iters);
+      xb = bench_graphs(*comm, gdec, in, gws.p, st, opt.graph_iters, flags);
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
@@ -225,7 +227,7 @@ int run(const JobOptions& opt) {
     for (int i = 0; i < opt.iters; ++i) {
       check_dist(comm->barrier(), "barrier");
       const auto a = std::chrono::steady_clock::now();
-      check_dist(dec.run(in, ws, dec.workspace_bytes(), nullptr), "run");
+      check_dist(dec.run(in, ws, dec.workspace_bytes(), nullptr, flags), "run");
       step_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count());
       StepTiming t;
       check_dist(dec.last_timing(&t), "timing");
@@ -287,17 +289,18 @@ int run(const JobOptions& opt) {
     }
     std::printf("# distmla_decode distributed: %d ranks (%s, %s backend, %s), page %d, varlen %d, causal %d, "
                 "seed %llu, %d warm-up + %d timed steps (median, slowest rank); exchange and merge inside the "
-                "step time; attn/exchange/merge us: exposed time of each phase (k sub-batches: the last one's)\n",
+                "step time; attn/exchange/merge us: exposed time of each phase (k sub-batches: the last one's)%s\n",
                 L.world, comm->backend_name(), gpus ? "cuda" : "cpu", devname.c_str(), g.page_size,
                 opt.varlen ? 1 : 0, opt.causal ? 1 : 0, static_cast<unsigned long long>(opt.seed), opt.warmup,
-                opt.iters);
+                opt.iters, opt.reuse_schedule ? "; -r 1: split schedule reused (a layer after the first)" : "");
     const bool xbench = xm > 0;
     if (gstep > 0)
       std::printf("# -G %d: 'graph step us' = the step, 'x+m graph us' = exchange + merge alone (pack, NCCL, "
-                  "combine), 'bare us' = NCCL %s of the same %zu B a peer; each captured in a CUDA graph, median "
-                  "of %d replays, each replay after a barrier and a small NCCL all-gather (ranks aligned)\n",
+                  "combine), 'bare us' = NCCL %s of the same %zu B a peer; each captured in a CUDA graph and "
+                  "launched %d times back to back after the ranks align (nccl-tests style), time / %d, median of "
+                  "%d such rounds\n",
                   opt.graph_iters, dec.mode() == MergeMode::kAllToAll ? "all-to-all" : "all-gather",
-                  dec.exchange_bytes(), opt.graph_iters);
+                  dec.exchange_bytes(), opt.graph_iters, opt.graph_iters, kGraphRounds);
     std::printf("%7s %9s %5s %4s %9s %4s %2s %10s %9s %11s %9s %9s %9s %12s %8s %10s %13s %12s %9s %6s\n", "TPxCP",
                 "merge", "b", "s_q", "mean S", "h_q", "k", "step us", "attn us", "exchange us", "merge us",
                 "TFLOP/s", "GB/s", "KV B/GPU", "#wrong", "rel err", "graph step us", "x+m graph us", "bare us",

@@ -15,11 +15,17 @@ struct ExchangeBench {
   double bare_us = 0;            // cp > 1: graph-replayed all-to-all / all-gather alone
 };
 
+// Rounds of back-to-back replays whose median bench_graphs reports.
+constexpr int kGraphRounds = 5;
+
 // Collective over world (and dec's CP group). dec must be planned without record_timing. Each
-// replay starts after a host barrier on world and a small NCCL all-gather on stream, so the
-// ranks' timed graphs start together (host launch skew is not counted). The graph execs are
-// destroyed before returning (before any communicator they captured).
+// graph is launched `replays` times back to back, after a host barrier on world and a small NCCL
+// all-gather on stream (the ranks start together; host launch skew is not counted), and timed
+// as one event interval / replays, nccl-tests style; kGraphRounds such rounds, interleaved over
+// the three graphs, give the median. flags (DMLA_RUN_REUSE_SCHEDULE or 0) go to the step's
+// run(); an uncaptured first run computes what they reuse. The graph execs are destroyed before
+// returning (before any communicator they captured).
 ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, const dist::DecoderInputs& in,
-                           void* ws, cudaStream_t stream, int replays);
+                           void* ws, cudaStream_t stream, int replays, unsigned flags);
 
 }  // namespace distmla::examples

@@ -73,7 +73,7 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
                                       "-c", "--check", "--varlen", "--causal", "--seed", "--backend",
                                       "-t", "--tp", "-x", "--cp", "-m", "--merge", "--store",
                                       "--rank", "--world", "-k", "--sub-batches", "-G",
-                                      "--graph-iters"};
+                                      "--graph-iters", "-r", "--reuse-schedule"};
         bool is_known = false;
         for (const char* k : known) is_known |= flag == k;
         if (!is_known) *err = "unknown flag " + flag + " (see --help)";
@@ -148,6 +148,8 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
       ok = int_in(flag, val, 0, 8, "sub-batches must be 0 (automatic) .. 8", &opt->sub_batches, err);
     } else if (flag == "-G" || flag == "--graph-iters") {
       ok = int_in(flag, val, 0, 100000, "graph replays must be 0 (off) .. 100000", &opt->graph_iters, err);
+    } else if (flag == "-r" || flag == "--reuse-schedule") {
+      ok = bool01(flag, val, &opt->reuse_schedule, err);
     } else {
       *err = "unknown flag " + flag + " (see --help)";
       ok = false;
@@ -157,6 +159,11 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
   if (opt->sub_batches > opt->batch && opt->batch > 0) {
     *err = "-k/--sub-batches " + std::to_string(opt->sub_batches) + ": sub-batches must not exceed the batch " +
            std::to_string(opt->batch);
+    return false;
+  }
+  if (opt->reuse_schedule && opt->warmup < 1) {
+    *err = "-r/--reuse-schedule 1 with -w/--warmup " + std::to_string(opt->warmup) +
+           ": the warm-up computes the schedule the timed runs reuse (needs -w >= 1)";
     return false;
   }
   if (opt->rank >= 0 && opt->world > 0 && opt->rank >= opt->world) {
@@ -191,6 +198,8 @@ void print_job_usage(const char* argv0) {
       "                      1..8 (default 0: automatic; 1: no overlap)\n"
       "  -G, --graph-iters N also time exchange + merge alone and a bare NCCL collective of the\n"
       "                      same bytes, each graph-replayed N times (GPUs, cp > 1; default 0: off)\n"
+      "  -r, --reuse-schedule 0|1  time a layer after the first of a step: the timed runs reuse\n"
+      "                      the split schedule the warm-up computed (default 0)\n"
       "      --store H:P     TCP store bootstrap instead of MPI (with --rank, --world)\n"
       "      --rank N        this process's rank (TCP store bootstrap)\n"
       "      --world N       number of processes (TCP store bootstrap)\n"

@@ -31,6 +31,7 @@ struct JobOptions {
   int world = -1;                  // --world
   int sub_batches = 0;             // -k  DecoderConfig::sub_batches (0: automatic)
   int graph_iters = 0;             // -G  graph-replayed exchange + merge vs bare collective (0: off)
+  bool reuse_schedule = false;     // -r  timed runs reuse the warm-up's split schedule (per layer)
 };
 
 // Returns false with *err set (naming the flag and the value) on bad input; sets *help on --help.

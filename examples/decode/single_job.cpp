@@ -108,7 +108,7 @@ bool run_cuda(const JobOptions& opt, const DecodePlan& plan, const Workload& w, 
     JOB_CUDA(cudaMemsetAsync(lse.p, 0xff, lse_count * sizeof(float), stream));
     for (int i = 0; i < opt.iters; ++i) {
       JOB_CUDA(cudaEventRecord(ev[0], stream));
-      plan.run(t, ws.p, ws_bytes, stream);
+      plan.run(t, ws.p, ws_bytes, stream, opt.reuse_schedule ? DMLA_RUN_REUSE_SCHEDULE : 0u);
       JOB_CUDA(cudaEventRecord(ev[1], stream));
       JOB_CUDA(cudaEventSynchronize(ev[1]));
       float ms = 0;
@@ -188,9 +188,10 @@ int run_single_device_job(const JobOptions& opt) {
   const double gbs = t_us > 0 ? decode_bytes(shape, mean_s) / (t_us * 1e-6) / 1e9 : 0.0;
 
   std::printf("# distmla_decode: single device, page %d, %s, varlen %d, causal %d, seed %llu, "
-              "%d warm-up + %d timed iterations (median); the split combine is inside the time\n",
+              "%d warm-up + %d timed iterations (median); the split combine is inside the time%s\n",
               shape.page_size, "bf16", opt.varlen ? 1 : 0, opt.causal ? 1 : 0,
-              static_cast<unsigned long long>(opt.seed), opt.warmup, opt.iters);
+              static_cast<unsigned long long>(opt.seed), opt.warmup, opt.iters,
+              opt.reuse_schedule ? "; -r 1: the split schedule is not (reused, as by every layer after the first)" : "");
   std::printf("%6s %4s %9s %4s %5s %8s %-28s %12s %9s %9s %10s %7s\n", "b", "s_q", "mean S", "h_q",
               "page", "backend", "device", "time us", "TFLOP/s", "GB/s", "rel err", "#wrong");
   char err_col[32] = "-", wrong_col[32] = "-";

@@ -41,18 +41,33 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
   if (lse != -INFINITY) {
-    for (int s = 0; s < ns; ++s) {
-      float v = m.part_lse[(base + s) * p.rows + gr];
-      if (v == -INFINITY) continue;
-      float w = __expf(v - lse);
-      const float4* src = reinterpret_cast<const float4*>(m.part_o + ((base + s) * p.rows + gr) * kDV);
+    // kUnroll splits' loads in flight before their FMAs: a 2-4 way split is one memory round
+    // trip instead of one per split (the kernel is latency-bound at these sizes).
+    constexpr int kUnroll = 4;
+    const float4* src0 = reinterpret_cast<const float4*>(m.part_o + (base * p.rows + gr) * kDV) + lane;
+    const size_t split_stride = static_cast<size_t>(p.rows) * kDV / 4;  // float4s between splits
+    for (int s0 = 0; s0 < ns; s0 += kUnroll) {
+      float w[kUnroll];
+      float4 x[kUnroll][4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        float4 x = src[lane + 32 * k];
-        acc[k].x += w * x.x;
-        acc[k].y += w * x.y;
-        acc[k].z += w * x.z;
-        acc[k].w += w * x.w;
+      for (int u = 0; u < kUnroll; ++u) {
+        const int s = s0 + u;
+        const float v = s < ns ? m.part_lse[(base + s) * p.rows + gr] : -INFINITY;
+        w[u] = v == -INFINITY ? 0.f : __expf(v - lse);  // weight zero: its o is never read
+        if (w[u] != 0.f)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) x[u][k] = __ldg(src0 + s * split_stride + 32 * k);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (w[u] == 0.f) continue;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          acc[k].x += w[u] * x[u][k].x;
+          acc[k].y += w[u] * x[u][k].y;
+          acc[k].z += w[u] * x[u][k].z;
+          acc[k].w += w[u] * x[u][k].w;
+        }
       }
     }
   }

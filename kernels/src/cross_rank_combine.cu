@@ -1,9 +1,12 @@
-// Cross-rank combine (one block of 128 threads per output row, 4 values a thread) and the
-// head-slice pack for all-to-all.
+// Cross-rank combine and the head-slice pack for all-to-all: one warp per 512-wide row, four
+// rows a block, 16-byte loads and stores (each lane holds 16 values of the row: two 8-element
+// vectors of a 16-bit type or four 4-element vectors of fp32). Small and latency-bound: at
+// 0.5-2 MiB a step, the number of dependent memory round trips is what costs.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "distmla/kernels/cross_rank_combine.h"
 
@@ -12,72 +15,143 @@ namespace distmla::kernels {
 namespace {
 
 constexpr int kDv = 512;
-constexpr int kThreads = 128;
-constexpr int kPerThread = kDv / kThreads;
+constexpr int kRowsPerBlock = 4;
+constexpr int kThreads = 32 * kRowsPerBlock;
+constexpr int kPerLane = kDv / 32;  // 16 values of a row per lane
 
-__device__ __forceinline__ float load_elem(const void* base, size_t i, ElemType t) {
-  switch (t) {
-    case ElemType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
-    case ElemType::kFP16: return __half2float(static_cast<const __half*>(base)[i]);
-    default: return static_cast<const float*>(base)[i];
+// Element V of vector j of a lane sits at column (j * 32 + lane) * V + v: every warp-wide
+// vector access covers 32 * 16 contiguous bytes.
+template <ElemType T>
+struct Vec {
+  static constexpr int kElems = T == ElemType::kFP32 ? 4 : 8;  // elements in 16 bytes
+  static constexpr int kCount = kPerLane / kElems;              // vectors a lane
+};
+
+__device__ __forceinline__ float2 unpack2(uint32_t w, ElemType t) {
+  if (t == ElemType::kBF16) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
+}
+template <ElemType T>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  if constexpr (T == ElemType::kBF16) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
   }
 }
 
-__device__ __forceinline__ void store_elem(void* base, size_t i, ElemType t, float v) {
-  switch (t) {
-    case ElemType::kBF16: static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(v); break;
-    case ElemType::kFP16: static_cast<__half*>(base)[i] = __float2half_rn(v); break;
-    default: static_cast<float*>(base)[i] = v;
+// The lane's 16 values of row `row` (elements of type T from base).
+template <ElemType T>
+__device__ __forceinline__ void load_row(const void* base, size_t row, int lane, float (&f)[kPerLane]) {
+  using V = Vec<T>;
+#pragma unroll
+  for (int j = 0; j < V::kCount; ++j) {
+    const size_t col = static_cast<size_t>(j * 32 + lane) * V::kElems;
+    if constexpr (T == ElemType::kFP32) {
+      const float4 x = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(base) + row * kDv + col));
+      f[4 * j] = x.x; f[4 * j + 1] = x.y; f[4 * j + 2] = x.z; f[4 * j + 3] = x.w;
+    } else {
+      const uint4 x = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + row * kDv + col));
+      const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 p = unpack2(w[q], T);
+        f[8 * j + 2 * q] = p.x;
+        f[8 * j + 2 * q + 1] = p.y;
+      }
+    }
   }
 }
 
+// Stores the lane's values laid out as load_row<PT> read them, converted to OT.
+template <ElemType PT, ElemType OT>
+__device__ __forceinline__ void store_row(void* base, size_t row, int lane, const float (&f)[kPerLane]) {
+  using V = Vec<PT>;
+#pragma unroll
+  for (int j = 0; j < V::kCount; ++j) {
+    const size_t col = static_cast<size_t>(j * 32 + lane) * V::kElems;
+    const float* v = f + j * V::kElems;
+    if constexpr (OT == ElemType::kFP32) {
+      float4* d = reinterpret_cast<float4*>(static_cast<float*>(base) + row * kDv + col);
+#pragma unroll
+      for (int q = 0; q < V::kElems / 4; ++q) d[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+    } else if constexpr (V::kElems == 8) {
+      *reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + row * kDv + col) =
+          make_uint4(pack2<OT>(v[0], v[1]), pack2<OT>(v[2], v[3]), pack2<OT>(v[4], v[5]), pack2<OT>(v[6], v[7]));
+    } else {
+      *reinterpret_cast<uint2*>(static_cast<uint16_t*>(base) + row * kDv + col) =
+          make_uint2(pack2<OT>(v[0], v[1]), pack2<OT>(v[2], v[3]));
+    }
+  }
+}
+
+template <ElemType PT, ElemType OT>
 __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs a) {
-  const int row = blockIdx.x;  // (b, t, h) with h fastest
-  const int h = row % a.heads;
-  const int bt = row / a.heads;
+  const int lane = threadIdx.x % 32;
+  const long long row = static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;  // (b, t, h), h fastest
+  if (row >= static_cast<long long>(a.batch) * a.s_q * a.heads) return;
+  const int h = static_cast<int>(row % a.heads);
+  const int bt = static_cast<int>(row / a.heads);
   const int t = bt % a.s_q;
   const int b = bt / a.s_q;
   const int ph = a.head_offset + h;
-  const size_t o_index = (static_cast<size_t>(bt) * a.part_heads + ph) * kDv;
-  const size_t lse_bsh = static_cast<size_t>(bt) * a.part_heads + ph;
+  const size_t o_row = static_cast<size_t>(bt) * a.part_heads + ph;
+  const size_t lse_bsh = o_row;
   const size_t lse_bhs = (static_cast<size_t>(b) * a.part_heads + ph) * a.s_q + t;
   const char* parts = static_cast<const char*>(a.parts);
+  auto part_lse = [&](int c) {
+    return reinterpret_cast<const float*>(parts + c * a.part_stride + a.lse_offset)[c >= a.bsh_from ? lse_bsh : lse_bhs];
+  };
 
-  // Every thread reads the few lse values itself (num_parts is small): no shared memory.
+  // Lane c reads part c's lse (a warp-wide max / sum then gives every lane the merge law).
   float m = -INFINITY;
-  for (int c = 0; c < a.num_parts; ++c) {
-    const float l = reinterpret_cast<const float*>(parts + c * a.part_stride + a.lse_offset)[c >= a.bsh_from ? lse_bsh : lse_bhs];
-    m = fmaxf(m, l);
-  }
-  float acc[kPerThread] = {};
+  for (int c = lane; c < a.num_parts; c += 32) m = fmaxf(m, part_lse(c));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  float sum = 0.f;
+  if (m != -INFINITY)
+    for (int c = lane; c < a.num_parts; c += 32) {
+      const float l = part_lse(c);
+      sum += l == -INFINITY ? 0.f : __expf(l - m);
+    }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+
+  float acc[kPerLane] = {};
   float lse = -INFINITY;
   if (m != -INFINITY) {
-    float sum = 0.f;
-    for (int c = 0; c < a.num_parts; ++c) {
-      const char* part = parts + c * a.part_stride;
-      const float l = reinterpret_cast<const float*>(part + a.lse_offset)[c >= a.bsh_from ? lse_bsh : lse_bhs];
-      if (l == -INFINITY) continue;  // weight zero; its o is never read (may be anything)
-      const float w = __expf(l - m);
-      sum += w;
-#pragma unroll
-      for (int k = 0; k < kPerThread; ++k)
-        acc[k] += w * load_elem(part, o_index + threadIdx.x + k * kThreads, a.part_type);
-    }
-    const float inv = 1.f / sum;
-#pragma unroll
-    for (int k = 0; k < kPerThread; ++k) acc[k] *= inv;
     lse = m + __logf(sum);
-  }
-  const size_t out_index = (static_cast<size_t>(bt) * a.heads + h) * kDv;
+    // Two parts' loads in flight before their FMAs (the common CP = 2 is one round trip).
+    for (int c0 = 0; c0 < a.num_parts; c0 += 2) {
+      float x[2][kPerLane];
+      float w[2];
 #pragma unroll
-  for (int k = 0; k < kPerThread; ++k) store_elem(a.out, out_index + threadIdx.x + k * kThreads, a.out_type, acc[k]);
-  if (threadIdx.x == 0) a.lse_out[(static_cast<size_t>(b) * a.heads + h) * a.s_q + t] = lse;
+      for (int u = 0; u < 2; ++u) {
+        const int c = c0 + u;
+        const float l = c < a.num_parts ? part_lse(c) : -INFINITY;
+        w[u] = l == -INFINITY ? 0.f : __expf(l - lse);  // weight zero: o is never read (may be NaN)
+        if (w[u] != 0.f) load_row<PT>(parts + c * a.part_stride, o_row, lane, x[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+        if (w[u] != 0.f)
+#pragma unroll
+          for (int k = 0; k < kPerLane; ++k) acc[k] += w[u] * x[u][k];
+    }
+  }
+  store_row<PT, OT>(a.out, static_cast<size_t>(bt) * a.heads + h, lane, acc);
+  if (lane == 0) a.lse_out[(static_cast<size_t>(b) * a.heads + h) * a.s_q + t] = lse;
 }
 
-__global__ void __launch_bounds__(kThreads) pack_kernel(PackHeadSlicesArgs a, int elem_bytes) {
-  const int row = blockIdx.x;  // (b, t, gh) with gh fastest
-  const int gh = row % a.heads;
-  const int bt = row / a.heads;
+template <ElemType T>
+__global__ void __launch_bounds__(kThreads) pack_kernel(PackHeadSlicesArgs a) {
+  const int lane = threadIdx.x % 32;
+  const long long row = static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;  // (b, t, gh), gh fastest
+  if (row >= static_cast<long long>(a.batch) * a.s_q * a.heads) return;
+  const int gh = static_cast<int>(row % a.heads);
+  const int bt = static_cast<int>(row / a.heads);
   const int t = bt % a.s_q;
   const int b = bt / a.s_q;
   const int base = a.heads / a.num_chunks, rem = a.heads % a.num_chunks;
@@ -86,18 +160,32 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(PackHeadSlicesArgs a, in
   const int c = gh < big ? gh / (base + 1) : rem + (gh - big) / base;
   const int h = gh - (c * base + min(c, rem));
   char* chunk = static_cast<char*>(a.chunks) + c * a.chunk_stride;
-  const size_t src = (static_cast<size_t>(bt) * a.heads + gh) * kDv;
-  const size_t dst = (static_cast<size_t>(bt) * a.max_slice + h) * kDv;
-  // 16-bit or 32-bit elements, copied as 4-byte words.
-  const int words = kDv * elem_bytes / 4;
-  const uint32_t* s = reinterpret_cast<const uint32_t*>(static_cast<const char*>(a.o) + src * elem_bytes);
-  uint32_t* d = reinterpret_cast<uint32_t*>(chunk + dst * elem_bytes);
-  for (int w = threadIdx.x; w < words; w += kThreads) d[w] = s[w];
-  if (threadIdx.x == 0) {
-    const size_t li = a.src_lse_bsh ? static_cast<size_t>(bt) * a.heads + gh
-                                    : (static_cast<size_t>(b) * a.heads + gh) * a.s_q + t;
-    reinterpret_cast<float*>(chunk + a.lse_offset)[static_cast<size_t>(bt) * a.max_slice + h] = a.lse[li];
+  const size_t src = static_cast<size_t>(bt) * a.heads + gh;
+  const size_t dst = static_cast<size_t>(bt) * a.max_slice + h;
+  // A raw 16-byte copy: the row is 1 KB (16-bit) or 2 KB (fp32).
+  constexpr int kVecs = kDv * (T == ElemType::kFP32 ? 4 : 2) / 16;
+  const uint4* s = reinterpret_cast<const uint4*>(a.o) + src * kVecs;
+  uint4* d = reinterpret_cast<uint4*>(chunk) + dst * kVecs;
+#pragma unroll
+  for (int v = lane; v < kVecs; v += 32) d[v] = __ldg(s + v);
+  if (lane == 0) {
+    const size_t li = a.src_lse_bsh ? src : (static_cast<size_t>(b) * a.heads + gh) * a.s_q + t;
+    reinterpret_cast<float*>(chunk + a.lse_offset)[dst] = a.lse[li];
   }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+unsigned blocks_for(long long rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
+
+template <ElemType PT>
+cudaError_t launch_combine(const CrossRankCombineArgs& a, unsigned grid, cudaStream_t stream) {
+  switch (a.out_type) {
+    case ElemType::kBF16: combine_kernel<PT, ElemType::kBF16><<<grid, kThreads, 0, stream>>>(a); break;
+    case ElemType::kFP16: combine_kernel<PT, ElemType::kFP16><<<grid, kThreads, 0, stream>>>(a); break;
+    default: combine_kernel<PT, ElemType::kFP32><<<grid, kThreads, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -108,9 +196,16 @@ cudaError_t cross_rank_combine(const CrossRankCombineArgs& a, cudaStream_t strea
     return cudaErrorInvalidValue;
   const long long rows = static_cast<long long>(a.batch) * a.s_q * a.heads;
   if (rows == 0) return cudaSuccess;
-  if (rows > 0x7fffffffLL) return cudaErrorInvalidValue;
-  combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(a);
-  return cudaGetLastError();
+  if (blocks_for(rows) > 0x7fffffffu) return cudaErrorInvalidValue;
+  // Vector access: the parts, their stride and out start on 16-byte boundaries (rows are 1-2 KB).
+  if (!aligned16(a.parts) || a.part_stride % 16 != 0 || !aligned16(a.out) || a.lse_offset % 4 != 0)
+    return cudaErrorMisalignedAddress;
+  const unsigned grid = blocks_for(rows);
+  switch (a.part_type) {
+    case ElemType::kBF16: return launch_combine<ElemType::kBF16>(a, grid, stream);
+    case ElemType::kFP16: return launch_combine<ElemType::kFP16>(a, grid, stream);
+    default: return launch_combine<ElemType::kFP32>(a, grid, stream);
+  }
 }
 
 cudaError_t pack_head_slices(const PackHeadSlicesArgs& a, cudaStream_t stream) {
@@ -118,9 +213,14 @@ cudaError_t pack_head_slices(const PackHeadSlicesArgs& a, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   const long long rows = static_cast<long long>(a.batch) * a.s_q * a.heads;
   if (rows == 0) return cudaSuccess;
-  if (rows > 0x7fffffffLL) return cudaErrorInvalidValue;
-  const int elem_bytes = a.type == ElemType::kFP32 ? 4 : 2;
-  pack_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(a, elem_bytes);
+  if (blocks_for(rows) > 0x7fffffffu) return cudaErrorInvalidValue;
+  if (!aligned16(a.o) || !aligned16(a.chunks) || a.chunk_stride % 16 != 0 || a.lse_offset % 4 != 0)
+    return cudaErrorMisalignedAddress;
+  const unsigned grid = blocks_for(rows);
+  if (a.type == ElemType::kFP32)
+    pack_kernel<ElemType::kFP32><<<grid, kThreads, 0, stream>>>(a);
+  else
+    pack_kernel<ElemType::kBF16><<<grid, kThreads, 0, stream>>>(a);  // a 16-bit copy: bf16 or fp16 alike
   return cudaGetLastError();
 }
 

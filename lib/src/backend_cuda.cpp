@@ -112,6 +112,17 @@ dmlaResult_t cuda_run(const CudaPlanInfo& info, const dmlaDecodeShape_t& shape,
     std::snprintf(addr, sizeof addr, "%p", workspace);
     return set_error(dmlaErrorWorkspace, std::string("workspace = ") + addr + " is not 256-byte aligned");
   }
+  // The kernels move q, KV rows and out rows in 16-byte vectors.
+  const struct { const char* name; const void* p; uintptr_t align; } ptrs[] = {
+      {"q", t.q, 16}, {"kv_pool", t.kv_pool, 16}, {"out", t.out, 16}, {"lse", t.lse, 4}};
+  for (const auto& a : ptrs) {
+    if (reinterpret_cast<uintptr_t>(a.p) % a.align != 0) {
+      char addr[32];
+      std::snprintf(addr, sizeof addr, "%p", a.p);
+      return set_error(dmlaErrorInvalidArgument, std::string(a.name) + " = " + addr + " is not " +
+                                                     std::to_string(a.align) + "-byte aligned");
+    }
+  }
   int dev = -1;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return set_error(dmlaErrorCuda, cuda_msg("cudaGetDevice", e));

@@ -80,6 +80,9 @@ void run_case(const Case& c) {
       ASSERT_EQ(dec.run(in, wsp, dec.workspace_bytes(), nullptr), dmlaSuccess) << last_error_message();
       StepTiming t;
       EXPECT_EQ(dec.last_timing(&t), dmlaSuccess);
+      // An unknown run flag is refused before anything runs (on every rank alike: no collective).
+      EXPECT_EQ(dec.run(in, wsp, dec.workspace_bytes(), nullptr, 2u), dmlaErrorInvalidArgument);
+      EXPECT_NE(std::string(last_error_message()).find("flags = 2"), std::string::npos) << last_error_message();
       // Exchange + merge alone (collective: every rank) on the partials run() left behind.
       const std::vector<uint16_t> out_run = out;
       const std::vector<float> lse_run = lse;

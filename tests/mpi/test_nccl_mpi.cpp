@@ -192,14 +192,15 @@ TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
         CompareResult cr = test_util::compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
         EXPECT_TRUE(cr.ok()) << "rel_err " << cr.rel_err << " lse " << cr.max_lse_err << " wrong " << cr.wrong;
 
-        // The same step captured in a CUDA graph (NCCL included) and replayed.
+        // The same step captured in a CUDA graph (NCCL included) and replayed, reusing the
+        // schedules the eager run left in each sub-batch's workspace (a later layer).
         CUDA_OK(cudaMemset(out.p, 0xFF, out.n * 2));
         CUDA_OK(cudaMemset(lse.p, 0xFF, lse.n * 4));
         CUDA_OK(cudaStreamSynchronize(st));
         cudaGraph_t graph;
         cudaGraphExec_t exec;
         CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        const dmlaResult_t rr = dec.run(in, ws.p, dec.workspace_bytes(), st);
+        const dmlaResult_t rr = dec.run(in, ws.p, dec.workspace_bytes(), st, DMLA_RUN_REUSE_SCHEDULE);
         CUDA_OK(cudaStreamEndCapture(st, &graph));
         ASSERT_EQ(rr, dmlaSuccess) << last_error_message();
         CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));

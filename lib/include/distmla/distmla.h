@@ -82,6 +82,8 @@ typedef struct {
                              so a checked run cannot be graph-captured) */
 } dmlaDecodeShape_t;
 
+/* CUDA backend: q, kv_pool and out 16-byte aligned, lse 4-byte aligned (cudaMalloc gives 256);
+   run() rejects other addresses with dmlaErrorInvalidArgument. */
 typedef struct {
   const void* q;
   const void* kv_pool;

@@ -112,9 +112,11 @@ class DistDecoder {
   Communicator& tp_group();
 
   // One step. Validates pointers and the workspace, then launches on stream (device) or
-  // computes (host). Never synchronises the stream; allocates nothing.
+  // computes (host). Never synchronises the stream; allocates nothing. flags: 0 or
+  // DMLA_RUN_REUSE_SCHEDULE, which skips the local split schedule and uses the one a previous
+  // run() with the same seqlens left in this workspace (the next layer of the same step).
   dmlaResult_t run(const DecoderInputs& in, void* workspace, size_t workspace_bytes,
-                   void* stream = nullptr);
+                   void* stream = nullptr, unsigned flags = 0);
   // Everything after the local attention, on the partials the last run() left in the workspace:
   // head-slice pack (all-to-all), exchange and combine of every sub-batch, in order on stream.
   // For benchmarks (time the communication alone, e.g. graph-replayed); only in.out and in.lse

@@ -38,13 +38,15 @@ struct CrossRankCombineArgs {
 
 constexpr int kMaxCombineParts = 256;
 
-// Launch errors returned; never synchronises (graph-capturable).
+// parts, part_stride and out must be 16-byte aligned (else cudaErrorMisalignedAddress; nothing
+// launched). Launch errors returned; never synchronises (graph-capturable).
 cudaError_t cross_rank_combine(const CrossRankCombineArgs& a, cudaStream_t stream);
 
 // Splits o [batch, s_q, heads, 512] + lse (src_lse_bsh ? [b, s_q, heads] : [b, heads, s_q])
 // into num_chunks chunks chunk_stride bytes apart: chunk c holds head slice c (the first
 // heads % num_chunks slices one head more) as o [batch, s_q, max_slice, 512] and, at
-// lse_offset, lse [batch, s_q, max_slice] (the all-to-all send buffer).
+// lse_offset, lse [batch, s_q, max_slice] (the all-to-all send buffer). o, chunks and
+// chunk_stride must be 16-byte aligned.
 struct PackHeadSlicesArgs {
   int batch = 0;
   int s_q = 1;
