@@ -152,6 +152,7 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
   }
   const size_t pe = elem_bytes(cfg.partial_dtype);
   m.direct = cfg.cp == 1 && cfg.partial_dtype == cfg.out_dtype;
+  m.sliced = m.mode == MergeMode::kAllToAll && !s.split_tail();
   size_t off = 0;
   for (DecoderSlice& sl : m.slices) {
     sl.off_local = off;
@@ -180,9 +181,11 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
       sl.off_recv = off;
       off += cfg.cp > 1 ? sl.part_bytes * cfg.cp : 0;
     } else {
-      sl.stage_o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
-      sl.off_stage = off;
-      off += align_up(sl.stage_o_bytes + rows * m.h_tp * sizeof(float));
+      if (!m.sliced) {  // the merged bulk + tail, before the pack
+        sl.stage_o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
+        sl.off_stage = off;
+        off += align_up(sl.stage_o_bytes + rows * m.h_tp * sizeof(float));
+      }
       sl.o_bytes = align_up(rows * m.max_slice * DMLA_D_V * pe);
       sl.part_bytes = align_up(sl.o_bytes + rows * m.max_slice * sizeof(float));
       sl.off_send = off;

@@ -22,7 +22,7 @@ struct DecoderSlice {
   // Workspace layout (offsets in bytes, 256-aligned).
   size_t off_local = 0, local_ws = 0, off_tail = 0, tail_ws = 0;  // decode workspaces
   size_t off_ab = 0, ab_o_bytes = 0, ab_part_bytes = 0;  // split_tail: bulk + tail parts
-  size_t off_stage = 0, stage_o_bytes = 0;  // all-to-all: local decode output before the pack
+  size_t off_stage = 0, stage_o_bytes = 0;  // all-to-all + split_tail: merged output before the pack
   size_t off_send = 0, off_recv = 0;
   size_t o_bytes = 0;     // o block of one exchanged part/chunk
   size_t part_bytes = 0;  // one exchanged part (all-gather) or chunk (all-to-all)
@@ -39,6 +39,8 @@ struct DistDecoder::Impl {
   size_t off_scratch = 0, total = 0;  // host combine scratch; workspace size
   int h_tp = 0, max_slice = 0;
   bool direct = false;   // cp == 1 with out in the partial layout: decode straight into out
+  bool sliced = false;   // all-to-all, no split_tail: the local decode writes the send chunks
+                         // in head slices (dmlaRunSliced), so there is no pack
   bool overlap = false;  // device, several slices: exchange + merge on `side`, event-ordered
   cudaStream_t side = nullptr;
   std::vector<cudaEvent_t> ready;  // slice i's partials are packed (recorded on the caller's stream)

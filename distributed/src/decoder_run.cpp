@@ -1,7 +1,8 @@
-// Distributed decode step, per sub-batch: local decode (+ bulk/tail merge) -> head-slice pack
-// (all-to-all) -> exchange over the CP group -> cross-rank combine. With several sub-batches on
-// a device the exchange + combine of slice i run on the side stream while slice i + 1's
-// attention runs on the caller's stream (fork/join through events, so graph capture works).
+// Distributed decode step, per sub-batch: local decode (+ bulk/tail merge; all-to-all: written
+// in head slices, or packed after the merge) -> exchange over the CP group -> cross-rank
+// combine. With several sub-batches on a device the exchange + combine of slice i run on the
+// side stream while slice i + 1's attention runs on the caller's stream (fork/join through
+// events, so graph capture works).
 #include <cuda_runtime_api.h>
 
 #include <chrono>
@@ -25,12 +26,13 @@ inline kernels::ElemType to_elem(dmlaDataType_t t) {
 using Impl = DistDecoder::Impl;
 
 // Where slice sl's local partial lives: all-gather sends it as is (or, direct, it is out);
-// all-to-all stages it for the pack.
+// all-to-all writes it straight into the send chunks (sliced) or stages it for the pack.
 struct Partial {
   char* o;
   float* lse;
 };
 Partial partial_of(const Impl& m, const DecoderSlice& sl, char* ws, void* out, float* lse) {
+  if (m.sliced) return {ws + sl.off_send, reinterpret_cast<float*>(ws + sl.off_send + sl.o_bytes)};
   if (m.mode == MergeMode::kAllToAll)
     return {ws + sl.off_stage, reinterpret_cast<float*>(ws + sl.off_stage + sl.stage_o_bytes)};
   if (m.direct) return {static_cast<char*>(out), lse};
@@ -63,6 +65,16 @@ dmlaResult_t attend(Impl& m, const DecoderSlice& sl, const DecoderInputs& in, ch
   lt.out = split ? ab : p.o;
   lt.lse = split ? reinterpret_cast<float*>(ab + sl.ab_o_bytes) : p.lse;
   try {
+    if (m.sliced) {
+      // Chunk c of the send buffer = head slice c: o [rows, s_q, max_slice, 512], then its lse.
+      dmlaHeadSlices_t hs;
+      hs.num_slices = cfg.cp;
+      hs.max_slice = m.max_slice;
+      hs.out_slice_stride = sl.part_bytes;
+      hs.lse_slice_stride = sl.part_bytes;
+      sl.local->run_sliced(lt, hs, ws + sl.off_local, sl.local_ws, st, flags);
+      return dmlaSuccess;
+    }
     sl.local->run(lt, ws + sl.off_local, sl.local_ws, st, flags);
     if (split) {
       dmlaDecodeTensors_t tt = lt;
@@ -96,7 +108,7 @@ dmlaResult_t attend(Impl& m, const DecoderSlice& sl, const DecoderInputs& in, ch
 
 // All-to-all: split the staged partial into the CP send chunks by head slice.
 dmlaResult_t pack(Impl& m, const DecoderSlice& sl, char* ws, cudaStream_t st) {
-  if (m.mode != MergeMode::kAllToAll) return dmlaSuccess;
+  if (m.mode != MergeMode::kAllToAll || m.sliced) return dmlaSuccess;
   const DecoderConfig& cfg = m.cfg;
   const Partial p = partial_of(m, sl, ws, nullptr, nullptr);
   const bool lse_bsh_local = false;  // the local partial's lse is [b, h, s_q]
@@ -129,6 +141,8 @@ dmlaResult_t exchange(Impl& m, const DecoderSlice& sl, char* ws, cudaStream_t st
 dmlaResult_t combine(Impl& m, const DecoderSlice& sl, const DecoderInputs& in, char* ws, cudaStream_t st) {
   const DecoderConfig& cfg = m.cfg;
   const bool ag = m.mode == MergeMode::kAllGather;
+  // Received lse: [b, h, s_q] from a decode (all-gather, sliced), [b, s_q, h] from the pack.
+  const bool lse_bsh = !ag && !m.sliced;
   const int heads = ag ? m.h_tp : m.shard.my_slice().count;
   const char* parts = ws + (cfg.cp > 1 ? sl.off_recv : sl.off_send);
   void* out;
@@ -139,14 +153,14 @@ dmlaResult_t combine(Impl& m, const DecoderSlice& sl, const DecoderInputs& in, c
     a.num_parts = cfg.cp; a.batch = sl.rows; a.s_q = cfg.s_q; a.heads = heads;
     a.part_heads = ag ? m.h_tp : m.max_slice; a.head_offset = 0; a.parts = parts;
     a.part_stride = sl.part_bytes; a.lse_offset = sl.o_bytes; a.part_type = to_elem(cfg.partial_dtype);
-    a.bsh_from = ag ? (1 << 30) : 0; a.out = out; a.out_type = to_elem(cfg.out_dtype);
+    a.bsh_from = lse_bsh ? 0 : (1 << 30); a.out = out; a.out_type = to_elem(cfg.out_dtype);
     a.lse_out = lse;
     DMLA_DIST_CUDA_RET(kernels::cross_rank_combine(a, st));
   } else {
     CombineLayout l;
     l.num_parts = cfg.cp; l.batch = sl.rows; l.s_q = cfg.s_q; l.heads = heads;
     l.part_heads = ag ? m.h_tp : m.max_slice; l.head_offset = 0; l.part_stride = sl.part_bytes;
-    l.lse_offset = sl.o_bytes; l.part_dtype = cfg.partial_dtype; l.bsh_from = ag ? (1 << 30) : 0;
+    l.lse_offset = sl.o_bytes; l.part_dtype = cfg.partial_dtype; l.bsh_from = lse_bsh ? 0 : (1 << 30);
     combine_host(l, parts, out, cfg.out_dtype, lse, ws + m.off_scratch);
   }
   return dmlaSuccess;

@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
       }
     }
   }
-  const size_t orow = (static_cast<size_t>(i) * p.rows + gr) * kDV;
+  const OutRow dst = out_row(p, i, gr);
+  const size_t orow = dst.o;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     const int col = 4 * (lane + 32 * k);
@@ -84,10 +85,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
       *reinterpret_cast<uint2*>(static_cast<uint16_t*>(p.out) + orow + col) = v;
     }
   }
-  if (lane == 0) {
-    const int t = gr / p.h_q, hh = gr % p.h_q;
-    p.lse[(static_cast<size_t>(i) * p.h_q + hh) * p.s_q + t] = lse;
-  }
+  if (lane == 0) p.lse[dst.lse] = lse;
 }
 
 }  // namespace distmla::kernels::detail

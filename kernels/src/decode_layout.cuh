@@ -118,6 +118,25 @@ struct Params {
   int batch, s_q, h_q, rows, page_size, num_blocks, max_blocks_per_seq;
   int causal, out_fp32, num_parts;
   float scale_log2;  // scale * log2(e)
+  // Output head slices (kernels::OutSlices; one slice of h_q heads is the plain layout).
+  int num_slices, max_slice, slice_base, slice_rem;
+  size_t out_slice_stride, lse_slice_stride;  // elements
 };
+
+// Element offsets in out and lse of row gr (= t * h_q + head) of sequence i.
+struct OutRow {
+  size_t o, lse;
+};
+__host__ __device__ __forceinline__ OutRow out_row(const Params& p, int i, int gr) {
+  const int t = gr / p.h_q, hh = gr % p.h_q;
+  int c = 0, hl = hh;
+  if (p.num_slices > 1) {  // invert "slice c starts at c * base + min(c, rem)"
+    const int big = p.slice_rem * (p.slice_base + 1);
+    c = hh < big ? hh / (p.slice_base + 1) : p.slice_rem + (hh - big) / p.slice_base;
+    hl = hh - (c * p.slice_base + (c < p.slice_rem ? c : p.slice_rem));
+  }
+  return {c * p.out_slice_stride + ((static_cast<size_t>(i) * p.s_q + t) * p.max_slice + hl) * kDV,
+          c * p.lse_slice_stride + (static_cast<size_t>(i) * p.max_slice + hl) * p.s_q + t};
+}
 
 }  // namespace distmla::kernels::detail

@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(256) decode_simple_kernel(const Params p) {
     for (int r = warp; r < kBlockM; r += 8) {
       const int gr = tile * kBlockM + r;
       if (gr >= p.rows) break;
-      const int t = gr / p.h_q, hh = gr % p.h_q;
+      const int t = gr / p.h_q;
       const int lim = p.causal ? (L - p.s_q + 1 + t) : L;
       float qv[18];
 #pragma unroll
@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(256) decode_simple_kernel(const Params p) {
       float inv = l > 0.f ? 1.f / l : 0.f;
       float lse = l > 0.f ? (mx + log2f(l)) * 0.69314718055994530942f : -INFINITY;
       if (nsplit <= 1) {
-        const size_t orow = (static_cast<size_t>(i) * p.rows + gr) * kDV;
+        const OutRow dst = out_row(p, i, gr);
+        const size_t orow = dst.o;
 #pragma unroll
         for (int k = 0; k < 16; ++k) {
           if (p.out_fp32) {
@@ -71,7 +72,7 @@ __global__ void __launch_bounds__(256) decode_simple_kernel(const Params p) {
             static_cast<uint16_t*>(p.out)[orow + lane + 32 * k] = static_cast<uint16_t>(pk & 0xFFFFu);
           }
         }
-        if (lane == 0) p.lse[(static_cast<size_t>(i) * p.h_q + hh) * p.s_q + t] = lse;
+        if (lane == 0) p.lse[dst.lse] = lse;
       } else {
         float* out = m.part_o + (slot * p.rows + gr) * kDV;
 #pragma unroll

@@ -142,6 +142,12 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   p.out_fp32 = s.out_type == ElemType::kFP32 ? 1 : 0;
   p.num_parts = w.num_parts;
   p.scale_log2 = s.scale * 1.4426950408889634f;
+  p.num_slices = t.slices.num_slices;
+  p.max_slice = t.slices.max_slice > 0 ? t.slices.max_slice : s.h_q;
+  p.slice_base = s.h_q / p.num_slices;
+  p.slice_rem = s.h_q % p.num_slices;
+  p.out_slice_stride = t.slices.out_slice_stride;
+  p.lse_slice_stride = t.slices.lse_slice_stride;
 
   const dim3 grid(w.num_parts, tiles);
   if (kind == KernelKind::kSimple) {
@@ -209,6 +215,11 @@ cudaError_t decode(const DecodeShape& shape, const DecodeTensors& t, void* works
   if ((reinterpret_cast<uintptr_t>(t.q) | reinterpret_cast<uintptr_t>(t.kv) |
        reinterpret_cast<uintptr_t>(workspace)) & 15u)
     return cudaErrorMisalignedAddress;
+  const OutSlices& o = t.slices;
+  if (o.num_slices < 1 || o.max_slice < 0 ||
+      (o.num_slices > 1 && o.max_slice < (s.h_q + o.num_slices - 1) / o.num_slices))
+    return cudaErrorInvalidValue;
+  if (o.out_slice_stride * (s.out_type == ElemType::kFP32 ? 4 : 2) % 16 != 0) return cudaErrorMisalignedAddress;
   const WsLayout w = make_layout(s);
   if (workspace_bytes < w.total) return cudaErrorInvalidValue;
   const Meta meta = make_meta(w, workspace);

@@ -28,7 +28,8 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
     const int gr = tile * kBlockM + r0 + 8 * h;
     if (gr >= p.rows) continue;
     if (direct) {
-      const size_t orow = (static_cast<size_t>(i) * p.rows + gr) * kDV + wg * 256 + cq;
+      const OutRow dst = out_row(p, i, gr);
+      const size_t orow = dst.o + wg * 256 + cq;
       if (p.out_fp32) {
         float* out = static_cast<float*>(p.out) + orow;
 #pragma unroll
@@ -43,10 +44,7 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
           out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
         }
       }
-      if (wg == 0 && (lane % 4) == 0) {
-        const int t = gr / p.h_q, hh = gr % p.h_q;
-        p.lse[(static_cast<size_t>(i) * p.h_q + hh) * p.s_q + t] = lse_r[h];
-      }
+      if (wg == 0 && (lane % 4) == 0) p.lse[dst.lse] = lse_r[h];
     } else {
       float* out = m.part_o + (slot * p.rows + gr) * kDV + wg * 256 + cq;
 #pragma unroll

@@ -95,9 +95,8 @@ dmlaResult_t cuda_plan(const dmlaDecodeShape_t& shape, CudaPlanInfo* info) {
 }
 
 dmlaResult_t cuda_run(const CudaPlanInfo& info, const dmlaDecodeShape_t& shape,
-                      const dmlaDecodeTensors_t& t, void* workspace, size_t workspace_bytes,
-                      void* stream, bool reuse_schedule) {
-  (void)shape;
+                      const dmlaDecodeTensors_t& t, const dmlaHeadSlices_t& slices, void* workspace,
+                      size_t workspace_bytes, void* stream, bool reuse_schedule) {
   if (workspace_bytes < info.workspace_bytes) {
     return set_error(dmlaErrorWorkspace, "workspace_bytes = " + std::to_string(workspace_bytes) +
                                              " is below the plan's workspace size " +
@@ -139,6 +138,11 @@ dmlaResult_t cuda_run(const CudaPlanInfo& info, const dmlaDecodeShape_t& shape,
   kt.seqlens = t.seqlens;
   kt.out = t.out;
   kt.lse = t.lse;
+  const size_t eb = shape.out_dtype == dmlaFP32 ? 4 : 2;
+  kt.slices.num_slices = slices.num_slices;
+  kt.slices.max_slice = slices.max_slice;
+  kt.slices.out_slice_stride = slices.out_slice_stride / eb;
+  kt.slices.lse_slice_stride = slices.lse_slice_stride / sizeof(float);
   e = kernels::decode(info.kshape, kt, workspace, workspace_bytes, reuse_schedule,
                       static_cast<cudaStream_t>(stream));
   if (e != cudaSuccess) return set_error(dmlaErrorCuda, cuda_msg("kernels::decode", e));

@@ -49,4 +49,9 @@ void DecodePlan::run(const dmlaDecodeTensors_t& tensors, void* workspace, size_t
   check(dmlaRunEx(plan_, &tensors, workspace, workspace_bytes, stream, flags));
 }
 
+void DecodePlan::run_sliced(const dmlaDecodeTensors_t& tensors, const dmlaHeadSlices_t& slices, void* workspace,
+                            size_t workspace_bytes, void* stream, unsigned flags) const {
+  check(dmlaRunSliced(plan_, &tensors, &slices, workspace, workspace_bytes, stream, flags));
+}
+
 }  // namespace distmla

@@ -24,8 +24,19 @@ dmlaResult_t validate_tensor_pointers(const dmlaDecodeTensors_t& t);
 dmlaResult_t validate_indices(const dmlaDecodeShape_t& shape, const int32_t* block_table,
                               const int32_t* seqlens);
 
+// One slice of h_q heads: the plain out / lse layout.
+dmlaHeadSlices_t plain_slices(const dmlaDecodeShape_t& shape);
+// num_slices, max_slice and the strides (alignment, room for one slice's block).
+dmlaResult_t validate_slices(const dmlaDecodeShape_t& shape, const dmlaHeadSlices_t& slices);
+// Element offsets of row (b, t, head) in out and lse under slices.
+struct SlicedRow {
+  size_t o, lse;
+};
+SlicedRow sliced_row(const dmlaDecodeShape_t& shape, const dmlaHeadSlices_t& slices, int b, int t, int head);
+
 // Backend glue (backend_cpu.cpp / backend_cuda.cpp).
-dmlaResult_t cpu_run(const dmlaDecodeShape_t& shape, const dmlaDecodeTensors_t& t);
+dmlaResult_t cpu_run(const dmlaDecodeShape_t& shape, const dmlaDecodeTensors_t& t,
+                     const dmlaHeadSlices_t& slices);
 
 struct CudaPlanInfo {
   int device = -1;
@@ -38,8 +49,8 @@ struct CudaPlanInfo {
 bool cuda_backend_available(std::string* why);
 dmlaResult_t cuda_plan(const dmlaDecodeShape_t& shape, CudaPlanInfo* info);
 dmlaResult_t cuda_run(const CudaPlanInfo& info, const dmlaDecodeShape_t& shape,
-                      const dmlaDecodeTensors_t& t, void* workspace, size_t workspace_bytes,
-                      void* stream, bool reuse_schedule);
+                      const dmlaDecodeTensors_t& t, const dmlaHeadSlices_t& slices, void* workspace,
+                      size_t workspace_bytes, void* stream, bool reuse_schedule);
 
 dmlaResult_t cuda_check_indices(const dmlaDecodeShape_t& shape, const dmlaDecodeTensors_t& t,
                                 void* stream, int32_t* h_block_table, int32_t* h_seqlens);

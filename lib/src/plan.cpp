@@ -107,6 +107,12 @@ extern "C" dmlaResult_t dmlaPlanGetWorkspaceSize(dmlaPlan_t plan, size_t* bytes)
 extern "C" dmlaResult_t dmlaRunEx(dmlaPlan_t plan, const dmlaDecodeTensors_t* tensors,
                                   void* workspace, size_t workspace_bytes, void* stream,
                                   unsigned flags) {
+  return dmlaRunSliced(plan, tensors, nullptr, workspace, workspace_bytes, stream, flags);
+}
+
+extern "C" dmlaResult_t dmlaRunSliced(dmlaPlan_t plan, const dmlaDecodeTensors_t* tensors,
+                                      const dmlaHeadSlices_t* slices_in, void* workspace,
+                                      size_t workspace_bytes, void* stream, unsigned flags) {
   if (!plan) return set_error(dmlaErrorNullPointer, "plan is null");
   if (!tensors) return set_error(dmlaErrorNullPointer, "tensors is null");
   if (flags & ~DMLA_RUN_REUSE_SCHEDULE) {
@@ -114,15 +120,18 @@ extern "C" dmlaResult_t dmlaRunEx(dmlaPlan_t plan, const dmlaDecodeTensors_t* te
                      "flags = " + std::to_string(flags) + " has bits other than DMLA_RUN_REUSE_SCHEDULE");
   }
   const dmlaDecodeShape_t& shape = plan->shape;
+  const dmlaHeadSlices_t slices = slices_in ? *slices_in : distmla::detail::plain_slices(shape);
+  dmlaResult_t r = distmla::detail::validate_slices(shape, slices);
+  if (r != dmlaSuccess) return r;
   if (shape.batch == 0) return set_error(dmlaSuccess, "");  // nothing to compute
-  dmlaResult_t r = distmla::detail::validate_tensor_pointers(*tensors);
+  r = distmla::detail::validate_tensor_pointers(*tensors);
   if (r != dmlaSuccess) return r;
 
   if (plan->backend == dmlaBackendCpu) {
     // The CPU backend reads the indices anyway, so it always checks them first.
     r = distmla::detail::validate_indices(shape, tensors->block_table, tensors->seqlens);
     if (r != dmlaSuccess) return r;
-    r = distmla::detail::cpu_run(shape, *tensors);
+    r = distmla::detail::cpu_run(shape, *tensors, slices);
     return r == dmlaSuccess ? set_error(dmlaSuccess, "") : r;
   }
 
@@ -132,7 +141,7 @@ extern "C" dmlaResult_t dmlaRunEx(dmlaPlan_t plan, const dmlaDecodeTensors_t* te
                                             plan->h_seqlens.data());
     if (r != dmlaSuccess) return r;
   }
-  r = distmla::detail::cuda_run(plan->cuda, shape, *tensors, workspace, workspace_bytes, stream,
+  r = distmla::detail::cuda_run(plan->cuda, shape, *tensors, slices, workspace, workspace_bytes, stream,
                                 (flags & DMLA_RUN_REUSE_SCHEDULE) != 0);
   return r == dmlaSuccess ? set_error(dmlaSuccess, "") : r;
 }

@@ -1,5 +1,6 @@
 // Validation of shapes, tensor pointers and (checked mode) block ids and seqlens. Every failure
 // gets its own code and a message naming the argument and the value.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -87,6 +88,46 @@ dmlaResult_t validate_tensor_pointers(const dmlaDecodeTensors_t& t) {
   else if (!t.lse) name = "tensors->lse";
   if (name) return set_error(dmlaErrorNullPointer, std::string(name) + " is null");
   return dmlaSuccess;
+}
+
+dmlaHeadSlices_t plain_slices(const dmlaDecodeShape_t& shape) {
+  dmlaHeadSlices_t p;
+  p.num_slices = 1;
+  p.max_slice = shape.h_q;
+  p.out_slice_stride = 0;
+  p.lse_slice_stride = 0;
+  return p;
+}
+
+dmlaResult_t validate_slices(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t& sl) {
+  const std::string pre = "slices->";
+  if (sl.num_slices < 1)
+    return set_error(dmlaErrorInvalidArgument, pre + "num_slices = " + std::to_string(sl.num_slices) + " (must be >= 1)");
+  const int need = (s.h_q + sl.num_slices - 1) / sl.num_slices;
+  if (sl.max_slice < need)
+    return set_error(dmlaErrorInvalidArgument, pre + "max_slice = " + std::to_string(sl.max_slice) + " is below " +
+                                                   std::to_string(need) + " (h_q " + std::to_string(s.h_q) + " in " +
+                                                   std::to_string(sl.num_slices) + " slices)");
+  if (sl.num_slices == 1) return dmlaSuccess;  // strides unused
+  const size_t rows = static_cast<size_t>(s.batch) * s.s_q * sl.max_slice;
+  const size_t o_block = rows * DMLA_D_V * (s.out_dtype == dmlaFP32 ? 4 : 2), lse_block = rows * sizeof(float);
+  if (sl.out_slice_stride % 16 != 0 || sl.out_slice_stride < o_block)
+    return set_error(dmlaErrorInvalidArgument, pre + "out_slice_stride = " + std::to_string(sl.out_slice_stride) +
+                                                   " (must be a multiple of 16 and >= " + std::to_string(o_block) + ")");
+  if (sl.lse_slice_stride % 4 != 0 || sl.lse_slice_stride < lse_block)
+    return set_error(dmlaErrorInvalidArgument, pre + "lse_slice_stride = " + std::to_string(sl.lse_slice_stride) +
+                                                   " (must be a multiple of 4 and >= " + std::to_string(lse_block) + ")");
+  return dmlaSuccess;
+}
+
+SlicedRow sliced_row(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t& sl, int b, int t, int head) {
+  // Slice c starts at head c * base + min(c, rem): invert that.
+  const int base = s.h_q / sl.num_slices, rem = s.h_q % sl.num_slices, big = rem * (base + 1);
+  const int c = head < big ? head / (base + 1) : rem + (head - big) / base;
+  const int hl = head - (c * base + std::min(c, rem));
+  const size_t eb = s.out_dtype == dmlaFP32 ? 4 : 2;
+  return {c * (sl.out_slice_stride / eb) + ((static_cast<size_t>(b) * s.s_q + t) * sl.max_slice + hl) * DMLA_D_V,
+          c * (sl.lse_slice_stride / sizeof(float)) + (static_cast<size_t>(b) * sl.max_slice + hl) * s.s_q + t};
 }
 
 dmlaResult_t validate_indices(const dmlaDecodeShape_t& s, const int32_t* block_table,

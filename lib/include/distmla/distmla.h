@@ -127,6 +127,23 @@ dmlaResult_t dmlaRun(dmlaPlan_t plan, const dmlaDecodeTensors_t* tensors, void* 
 dmlaResult_t dmlaRunEx(dmlaPlan_t plan, const dmlaDecodeTensors_t* tensors, void* workspace,
                        size_t workspace_bytes, void* stream, unsigned flags);
 
+/* Head-sliced output: the h_q heads in num_slices consecutive slices, the first
+   h_q % num_slices one head larger. Slice c's rows go to (char*)out + c * out_slice_stride as
+   [batch, s_q, max_slice, 512] (out dtype) and its lse to (char*)lse + c * lse_slice_stride as
+   [batch, max_slice, s_q]. The distributed decoder writes its all-to-all send chunks this way
+   (no separate pack). One slice with max_slice = h_q is the plain layout. */
+typedef struct {
+  int num_slices;          /* >= 1 */
+  int max_slice;           /* >= ceil(h_q / num_slices) */
+  size_t out_slice_stride; /* bytes, a multiple of 16, at least one slice's o block */
+  size_t lse_slice_stride; /* bytes, a multiple of 4, at least one slice's lse block */
+} dmlaHeadSlices_t;
+
+/* dmlaRunEx writing out and lse in head slices (slices null: the plain layout). */
+dmlaResult_t dmlaRunSliced(dmlaPlan_t plan, const dmlaDecodeTensors_t* tensors,
+                           const dmlaHeadSlices_t* slices, void* workspace, size_t workspace_bytes,
+                           void* stream, unsigned flags);
+
 #ifdef __cplusplus
 }
 #endif

@@ -35,6 +35,9 @@ class DecodePlan {
   const dmlaDecodeShape_t& shape() const { return shape_; }
   void run(const dmlaDecodeTensors_t& tensors, void* workspace, size_t workspace_bytes,
            void* stream = nullptr, unsigned flags = 0) const;
+  // out / lse in head slices (dmlaRunSliced).
+  void run_sliced(const dmlaDecodeTensors_t& tensors, const dmlaHeadSlices_t& slices, void* workspace,
+                  size_t workspace_bytes, void* stream = nullptr, unsigned flags = 0) const;
   dmlaPlan_t handle() const { return plan_; }
 
  private:

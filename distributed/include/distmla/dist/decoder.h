@@ -118,7 +118,8 @@ class DistDecoder {
   dmlaResult_t run(const DecoderInputs& in, void* workspace, size_t workspace_bytes,
                    void* stream = nullptr, unsigned flags = 0);
   // Everything after the local attention, on the partials the last run() left in the workspace:
-  // head-slice pack (all-to-all), exchange and combine of every sub-batch, in order on stream.
+  // head-slice pack (all-to-all with split_tail), exchange and combine of every sub-batch, in
+  // order on stream.
   // For benchmarks (time the communication alone, e.g. graph-replayed); only in.out and in.lse
   // are read. Graph-capturable; allocates nothing.
   dmlaResult_t run_exchange(const DecoderInputs& in, void* workspace, size_t workspace_bytes,

@@ -27,13 +27,25 @@ struct DecodeShape {
   int num_sms = 132;                    // of the device the plan was made for
 };
 
+// Where the rows of out / lse go: heads in num_slices consecutive slices (the first
+// h_q % num_slices one head larger); slice c's rows at out + c * out_slice_stride elements as
+// [batch, s_q, max_slice, 512] and its lse at lse + c * lse_slice_stride as [batch, max_slice,
+// s_q]. The default (one slice of h_q heads) is the plain layout.
+struct OutSlices {
+  int num_slices = 1;
+  int max_slice = 0;  // 0: h_q
+  size_t out_slice_stride = 0;  // elements of the out type
+  size_t lse_slice_stride = 0;  // floats
+};
+
 struct DecodeTensors {
   const void* q = nullptr;             // [batch, s_q, h_q, 576]
   const void* kv = nullptr;            // [num_blocks, page_size, 576]
   const int32_t* block_table = nullptr;  // [batch, max_blocks_per_seq]
   const int32_t* seqlens = nullptr;      // [batch]
-  void* out = nullptr;                 // [batch, s_q, h_q, 512]
-  float* lse = nullptr;                // [batch, h_q, s_q]
+  void* out = nullptr;                 // [batch, s_q, h_q, 512], or head slices (OutSlices)
+  float* lse = nullptr;                // [batch, h_q, s_q], or head slices
+  OutSlices slices;
 };
 
 // Bytes of device workspace for shape (schedule metadata + fp32 split partials), 256-aligned.
