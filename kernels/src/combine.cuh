@@ -23,53 +23,58 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
   const int gr = blockIdx.y * 8 + warp;
   if (gr >= p.rows) return;
   const size_t base = static_cast<size_t>(m.seq_split_base[i]);
-  float mx = -INFINITY;
-  for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, m.part_lse[(base + s) * p.rows + gr]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  float sum = 0.f;
-  if (mx != -INFINITY) {
-    for (int s = lane; s < ns; s += 32) {
-      float v = m.part_lse[(base + s) * p.rows + gr];
-      sum += v == -INFINITY ? 0.f : __expf(v - mx);
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  const float lse = (mx == -INFINITY || !(sum > 0.f)) ? -INFINITY : mx + __logf(sum);
+  const float4* src0 = reinterpret_cast<const float4*>(m.part_o + (base * p.rows + gr) * kDV) + lane;
+  const size_t split_stride = static_cast<size_t>(p.rows) * kDV / 4;  // float4s between splits
+  // Online log-sum-exp over groups of kGroup splits. A group's lse and o loads are issued
+  // together (the o loads do not wait for the weights), so the usual 2-4 way split costs one
+  // memory round trip: the kernel is latency-bound at these sizes.
+  constexpr int kGroup = 4;
+  float mx = -INFINITY, sum = 0.f;  // running max of the lse and sum of exp(lse - mx)
   float4 acc[4];
 #pragma unroll
   for (int k = 0; k < 4; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (lse != -INFINITY) {
-    // kUnroll splits' loads in flight before their FMAs: a 2-4 way split is one memory round
-    // trip instead of one per split (the kernel is latency-bound at these sizes).
-    constexpr int kUnroll = 4;
-    const float4* src0 = reinterpret_cast<const float4*>(m.part_o + (base * p.rows + gr) * kDV) + lane;
-    const size_t split_stride = static_cast<size_t>(p.rows) * kDV / 4;  // float4s between splits
-    for (int s0 = 0; s0 < ns; s0 += kUnroll) {
-      float w[kUnroll];
-      float4 x[kUnroll][4];
+  for (int s0 = 0; s0 < ns; s0 += kGroup) {
+    float l[kGroup];
+    float4 x[kGroup][4];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int s = s0 + u;
-        const float v = s < ns ? m.part_lse[(base + s) * p.rows + gr] : -INFINITY;
-        w[u] = v == -INFINITY ? 0.f : __expf(v - lse);  // weight zero: its o is never read
-        if (w[u] != 0.f)
+    for (int u = 0; u < kGroup; ++u) {
+      const int s = s0 + u;
+      l[u] = s < ns ? __ldcg(m.part_lse + (base + s) * p.rows + gr) : -INFINITY;
+      if (s < ns)
 #pragma unroll
-          for (int k = 0; k < 4; ++k) x[u][k] = __ldg(src0 + s * split_stride + 32 * k);
-      }
+        for (int k = 0; k < 4; ++k) x[u][k] = __ldcg(src0 + s * split_stride + 32 * k);
+    }
+    float gm = mx;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (w[u] == 0.f) continue;
+    for (int u = 0; u < kGroup; ++u) gm = fmaxf(gm, l[u]);
+    if (gm == -INFINITY) continue;  // no tokens so far
+    const float c = __expf(mx - gm);  // 0 while mx is still -inf
+    sum *= c;
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          acc[k].x += w[u] * x[u][k].x;
-          acc[k].y += w[u] * x[u][k].y;
-          acc[k].z += w[u] * x[u][k].z;
-          acc[k].w += w[u] * x[u][k].w;
-        }
+    for (int k = 0; k < 4; ++k) {
+      acc[k].x *= c; acc[k].y *= c; acc[k].z *= c; acc[k].w *= c;
+    }
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      if (l[u] == -INFINITY) continue;  // weight zero: its o is never used (may be anything)
+      const float w = __expf(l[u] - gm);
+      sum += w;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        acc[k].x += w * x[u][k].x;
+        acc[k].y += w * x[u][k].y;
+        acc[k].z += w * x[u][k].z;
+        acc[k].w += w * x[u][k].w;
       }
     }
+    mx = gm;
+  }
+  const bool empty = mx == -INFINITY || !(sum > 0.f);
+  const float lse = empty ? -INFINITY : mx + __logf(sum);
+  const float inv = empty ? 0.f : 1.f / sum;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    acc[k].x *= inv; acc[k].y *= inv; acc[k].z *= inv; acc[k].w *= inv;
   }
   const OutRow dst = out_row(p, i, gr);
   const size_t orow = dst.o;

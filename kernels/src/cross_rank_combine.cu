@@ -105,42 +105,40 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs 
     return reinterpret_cast<const float*>(parts + c * a.part_stride + a.lse_offset)[c >= a.bsh_from ? lse_bsh : lse_bhs];
   };
 
-  // Lane c reads part c's lse (a warp-wide max / sum then gives every lane the merge law).
-  float m = -INFINITY;
-  for (int c = lane; c < a.num_parts; c += 32) m = fmaxf(m, part_lse(c));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  float sum = 0.f;
-  if (m != -INFINITY)
-    for (int c = lane; c < a.num_parts; c += 32) {
-      const float l = part_lse(c);
-      sum += l == -INFINITY ? 0.f : __expf(l - m);
-    }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-
+  // Online log-sum-exp over pairs of parts: a pair's lse and o loads are issued together (the
+  // o loads do not wait for the weights), so CP = 2 is one memory round trip.
+  float mx = -INFINITY, sum = 0.f;  // running max of the lse and sum of exp(lse - mx)
   float acc[kPerLane] = {};
-  float lse = -INFINITY;
-  if (m != -INFINITY) {
-    lse = m + __logf(sum);
-    // Two parts' loads in flight before their FMAs (the common CP = 2 is one round trip).
-    for (int c0 = 0; c0 < a.num_parts; c0 += 2) {
-      float x[2][kPerLane];
-      float w[2];
+  for (int c0 = 0; c0 < a.num_parts; c0 += 2) {
+    float l[2];
+    float x[2][kPerLane];
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int c = c0 + u;
-        const float l = c < a.num_parts ? part_lse(c) : -INFINITY;
-        w[u] = l == -INFINITY ? 0.f : __expf(l - lse);  // weight zero: o is never read (may be NaN)
-        if (w[u] != 0.f) load_row<PT>(parts + c * a.part_stride, o_row, lane, x[u]);
-      }
-#pragma unroll
-      for (int u = 0; u < 2; ++u)
-        if (w[u] != 0.f)
-#pragma unroll
-          for (int k = 0; k < kPerLane; ++k) acc[k] += w[u] * x[u][k];
+    for (int u = 0; u < 2; ++u) {
+      const int c = c0 + u;
+      l[u] = c < a.num_parts ? part_lse(c) : -INFINITY;
+      if (c < a.num_parts) load_row<PT>(parts + c * a.part_stride, o_row, lane, x[u]);
     }
+    const float gm = fmaxf(mx, fmaxf(l[0], l[1]));
+    if (gm == -INFINITY) continue;  // no tokens so far
+    const float r = __expf(mx - gm);  // 0 while mx is still -inf
+    sum *= r;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) acc[k] *= r;
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      if (l[u] == -INFINITY) continue;  // weight zero: its o is never used (may be NaN)
+      const float w = __expf(l[u] - gm);
+      sum += w;
+#pragma unroll
+      for (int k = 0; k < kPerLane; ++k) acc[k] += w * x[u][k];
+    }
+    mx = gm;
   }
+  const bool empty = mx == -INFINITY || !(sum > 0.f);
+  const float lse = empty ? -INFINITY : mx + __logf(sum);
+  const float inv = empty ? 0.f : 1.f / sum;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) acc[k] *= inv;
   store_row<PT, OT>(a.out, static_cast<size_t>(bt) * a.heads + h, lane, acc);
   if (lane == 0) a.lse_out[(static_cast<size_t>(b) * a.heads + h) * a.s_q + t] = lse;
 }
