@@ -87,15 +87,26 @@ __device__ __forceinline__ void store_row(void* base, size_t row, int lane, cons
   }
 }
 
+// This warp's row (b, t, h; h fastest) of batch * s_q * heads; false past the end.
+struct WarpRow {
+  int h, bt, t, b;
+};
+__device__ __forceinline__ bool warp_row(int batch, int s_q, int heads, WarpRow* r) {
+  const long long row = static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  if (row >= static_cast<long long>(batch) * s_q * heads) return false;
+  r->h = static_cast<int>(row % heads);
+  r->bt = static_cast<int>(row / heads);
+  r->t = r->bt % s_q;
+  r->b = r->bt / s_q;
+  return true;
+}
+
 template <ElemType PT, ElemType OT>
 __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs a) {
   const int lane = threadIdx.x % 32;
-  const long long row = static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;  // (b, t, h), h fastest
-  if (row >= static_cast<long long>(a.batch) * a.s_q * a.heads) return;
-  const int h = static_cast<int>(row % a.heads);
-  const int bt = static_cast<int>(row / a.heads);
-  const int t = bt % a.s_q;
-  const int b = bt / a.s_q;
+  WarpRow w;
+  if (!warp_row(a.batch, a.s_q, a.heads, &w)) return;
+  const int h = w.h, bt = w.bt, t = w.t, b = w.b;
   const int ph = a.head_offset + h;
   const size_t o_row = static_cast<size_t>(bt) * a.part_heads + ph;
   const size_t lse_bsh = o_row;
@@ -146,17 +157,11 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs 
 template <ElemType T>
 __global__ void __launch_bounds__(kThreads) pack_kernel(PackHeadSlicesArgs a) {
   const int lane = threadIdx.x % 32;
-  const long long row = static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;  // (b, t, gh), gh fastest
-  if (row >= static_cast<long long>(a.batch) * a.s_q * a.heads) return;
-  const int gh = static_cast<int>(row % a.heads);
-  const int bt = static_cast<int>(row / a.heads);
-  const int t = bt % a.s_q;
-  const int b = bt / a.s_q;
-  const int base = a.heads / a.num_chunks, rem = a.heads % a.num_chunks;
-  // Slice c covers [c*base + min(c, rem), ...): invert that for gh.
-  const int big = rem * (base + 1);
-  const int c = gh < big ? gh / (base + 1) : rem + (gh - big) / base;
-  const int h = gh - (c * base + min(c, rem));
+  WarpRow w;
+  if (!warp_row(a.batch, a.s_q, a.heads, &w)) return;
+  const int gh = w.h, bt = w.bt, t = w.t, b = w.b;  // gh: the head among all `heads`
+  int h;
+  const int c = head_slice_of(gh, a.heads, a.num_chunks, &h);
   char* chunk = static_cast<char*>(a.chunks) + c * a.chunk_stride;
   const size_t src = static_cast<size_t>(bt) * a.heads + gh;
   const size_t dst = static_cast<size_t>(bt) * a.max_slice + h;

@@ -119,7 +119,7 @@ struct Params {
   int causal, out_fp32, num_parts;
   float scale_log2;  // scale * log2(e)
   // Output head slices (kernels::OutSlices; one slice of h_q heads is the plain layout).
-  int num_slices, max_slice, slice_base, slice_rem;
+  int num_slices, max_slice;
   size_t out_slice_stride, lse_slice_stride;  // elements
 };
 
@@ -129,12 +129,8 @@ struct OutRow {
 };
 __host__ __device__ __forceinline__ OutRow out_row(const Params& p, int i, int gr) {
   const int t = gr / p.h_q, hh = gr % p.h_q;
-  int c = 0, hl = hh;
-  if (p.num_slices > 1) {  // invert "slice c starts at c * base + min(c, rem)"
-    const int big = p.slice_rem * (p.slice_base + 1);
-    c = hh < big ? hh / (p.slice_base + 1) : p.slice_rem + (hh - big) / p.slice_base;
-    hl = hh - (c * p.slice_base + (c < p.slice_rem ? c : p.slice_rem));
-  }
+  int hl = hh;
+  const int c = p.num_slices > 1 ? head_slice_of(hh, p.h_q, p.num_slices, &hl) : 0;
   return {c * p.out_slice_stride + ((static_cast<size_t>(i) * p.s_q + t) * p.max_slice + hl) * kDV,
           c * p.lse_slice_stride + (static_cast<size_t>(i) * p.max_slice + hl) * p.s_q + t};
 }

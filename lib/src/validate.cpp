@@ -1,6 +1,5 @@
 // Validation of shapes, tensor pointers and (checked mode) block ids and seqlens. Every failure
 // gets its own code and a message naming the argument and the value.
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -121,10 +120,8 @@ dmlaResult_t validate_slices(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t&
 }
 
 SlicedRow sliced_row(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t& sl, int b, int t, int head) {
-  // Slice c starts at head c * base + min(c, rem): invert that.
-  const int base = s.h_q / sl.num_slices, rem = s.h_q % sl.num_slices, big = rem * (base + 1);
-  const int c = head < big ? head / (base + 1) : rem + (head - big) / base;
-  const int hl = head - (c * base + std::min(c, rem));
+  int hl;
+  const int c = kernels::head_slice_of(head, s.h_q, sl.num_slices, &hl);
   const size_t eb = s.out_dtype == dmlaFP32 ? 4 : 2;
   return {c * (sl.out_slice_stride / eb) + ((static_cast<size_t>(b) * s.s_q + t) * sl.max_slice + hl) * DMLA_D_V,
           c * (sl.lse_slice_stride / sizeof(float)) + (static_cast<size_t>(b) * sl.max_slice + hl) * s.s_q + t};

@@ -17,6 +17,9 @@ export LD_LIBRARY_PATH="$PWD/$B/lib:$PWD/$B/distributed:${LD_LIBRARY_PATH:-}:$NC
 G=$OUT/gpu.log
 { date -u; nvidia-smi -L; nvidia-smi topo -m; echo "nccl from: $NCCL_DIR"; which mpirun; } > "$G" 2>&1
 ldd $B/examples/decode/distmla_decode | grep -E "not found|nccl|cudart|mpi" >> "$G" 2>&1
+# device cross-rank combine and pack against their host twins (one GPU)
+timeout 60 $B/tests/mpi/distmla_combine_gpu_tests --gtest_color=no > "$OUT/combine_tests.log" 2>&1
+echo "combine_tests rc=$?" >> "$G"
 LOG=$OUT/decode.log
 D=$B/examples/decode/distmla_decode
 # Only an Open MPI 4 launcher matches the libmpi.so.40 the binaries were linked with.
@@ -53,8 +56,15 @@ run() {  # run <command...>: one configuration
 ROWS=${ROWS:-all}
 # issue-4 target rows: one GPU vs CP 2, same run; -k sub-batches (exchange overlapped with the
 # next slice's attention); -G: graph-replayed step, exchange + merge alone and a bare NCCL
-# collective of the same bytes
+# collective of the same bytes, back to back; -r 1: every layer after the first of a step
+# (the split schedule reused), one GPU and CP alike
 G="-G 30"
+for r in 0 1; do
+  for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
+    run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r
+    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G
+  done
+done
 run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2
 run timeout 60 $D -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
 for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k $k $G; done

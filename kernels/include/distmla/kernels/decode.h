@@ -27,6 +27,22 @@ struct DecodeShape {
   int num_sms = 132;                    // of the device the plan was made for
 };
 
+#if defined(__CUDACC__)
+#define DISTMLA_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define DISTMLA_HOST_DEVICE inline
+#endif
+
+// Head slices: `heads` heads in num_slices consecutive slices, the first heads % num_slices one
+// head larger (the distributed layer's split_range). Returns the slice holding `head` and sets
+// *in_slice to its index there.
+DISTMLA_HOST_DEVICE int head_slice_of(int head, int heads, int num_slices, int* in_slice) {
+  const int base = heads / num_slices, rem = heads % num_slices, big = rem * (base + 1);
+  const int c = head < big ? head / (base + 1) : rem + (head - big) / base;
+  *in_slice = head - (c * base + (c < rem ? c : rem));
+  return c;
+}
+
 // Where the rows of out / lse go: heads in num_slices consecutive slices (the first
 // h_q % num_slices one head larger); slice c's rows at out + c * out_slice_stride elements as
 // [batch, s_q, max_slice, 512] and its lse at lse + c * lse_slice_stride as [batch, max_slice,
