@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(PackHeadSlicesArgs a) {
   if (!warp_row(a.batch, a.s_q, a.heads, &w)) return;
   const int gh = w.h, bt = w.bt, t = w.t, b = w.b;  // gh: the head among all `heads`
   int h;
-  const int c = head_slice_of(gh, a.heads, a.num_chunks, &h);
+  const int c = head_slice_of(gh, a.heads / a.num_chunks, a.heads % a.num_chunks, &h);
   char* chunk = static_cast<char*>(a.chunks) + c * a.chunk_stride;
   const size_t src = static_cast<size_t>(bt) * a.heads + gh;
   const size_t dst = static_cast<size_t>(bt) * a.max_slice + h;

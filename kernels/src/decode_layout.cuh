@@ -119,8 +119,8 @@ struct Params {
   int causal, out_fp32, num_parts;
   float scale_log2;  // scale * log2(e)
   // Output head slices (kernels::OutSlices; one slice of h_q heads is the plain layout).
-  int num_slices, max_slice;
-  size_t out_slice_stride, lse_slice_stride;  // elements
+  int num_slices, max_slice, slice_base, slice_rem;  // base = h_q / num_slices, rem = h_q % num_slices
+  size_t out_slice_stride, lse_slice_stride;        // elements
 };
 
 // Element offsets in out and lse of row gr (= t * h_q + head) of sequence i.
@@ -130,7 +130,7 @@ struct OutRow {
 __host__ __device__ __forceinline__ OutRow out_row(const Params& p, int i, int gr) {
   const int t = gr / p.h_q, hh = gr % p.h_q;
   int hl = hh;
-  const int c = p.num_slices > 1 ? head_slice_of(hh, p.h_q, p.num_slices, &hl) : 0;
+  const int c = p.num_slices > 1 ? head_slice_of(hh, p.slice_base, p.slice_rem, &hl) : 0;
   return {c * p.out_slice_stride + ((static_cast<size_t>(i) * p.s_q + t) * p.max_slice + hl) * kDV,
           c * p.lse_slice_stride + (static_cast<size_t>(i) * p.max_slice + hl) * p.s_q + t};
 }

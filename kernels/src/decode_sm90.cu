@@ -144,6 +144,8 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   p.scale_log2 = s.scale * 1.4426950408889634f;
   p.num_slices = t.slices.num_slices;
   p.max_slice = t.slices.max_slice > 0 ? t.slices.max_slice : s.h_q;
+  p.slice_base = s.h_q / p.num_slices;
+  p.slice_rem = s.h_q % p.num_slices;
   p.out_slice_stride = t.slices.out_slice_stride;
   p.lse_slice_stride = t.slices.lse_slice_stride;
 

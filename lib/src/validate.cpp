@@ -121,7 +121,7 @@ dmlaResult_t validate_slices(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t&
 
 SlicedRow sliced_row(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t& sl, int b, int t, int head) {
   int hl;
-  const int c = kernels::head_slice_of(head, s.h_q, sl.num_slices, &hl);
+  const int c = kernels::head_slice_of(head, s.h_q / sl.num_slices, s.h_q % sl.num_slices, &hl);
   const size_t eb = s.out_dtype == dmlaFP32 ? 4 : 2;
   return {c * (sl.out_slice_stride / eb) + ((static_cast<size_t>(b) * s.s_q + t) * sl.max_slice + hl) * DMLA_D_V,
           c * (sl.lse_slice_stride / sizeof(float)) + (static_cast<size_t>(b) * sl.max_slice + hl) * s.s_q + t};

@@ -33,11 +33,11 @@ struct DecodeShape {
 #define DISTMLA_HOST_DEVICE inline
 #endif
 
-// Head slices: `heads` heads in num_slices consecutive slices, the first heads % num_slices one
-// head larger (the distributed layer's split_range). Returns the slice holding `head` and sets
-// *in_slice to its index there.
-DISTMLA_HOST_DEVICE int head_slice_of(int head, int heads, int num_slices, int* in_slice) {
-  const int base = heads / num_slices, rem = heads % num_slices, big = rem * (base + 1);
+// Head slices: H heads in n consecutive slices, the first H % n one head larger (the
+// distributed layer's split_range). With base = H / n and rem = H % n, returns the slice
+// holding `head` and sets *in_slice to its index there.
+DISTMLA_HOST_DEVICE int head_slice_of(int head, int base, int rem, int* in_slice) {
+  const int big = rem * (base + 1);
   const int c = head < big ? head / (base + 1) : rem + (head - big) / base;
   *in_slice = head - (c * base + (c < rem ? c : rem));
   return c;
