@@ -372,4 +372,38 @@ TEST(GpuDecode, SlicedOutputMatchesPlain) {
   }
 }
 
+// Device pointers the 16-byte vector paths cannot use are refused before any launch, naming the
+// argument; nothing is written.
+TEST(GpuDecode, MisalignedPointersRejected) {
+  SKIP_WITHOUT_SM90();
+  Case c{2, 1, 16, 64, 100, false};
+  Device d(make(c), c.dtype);
+  distmla::DecodePlan plan(d.w.shape, dmlaBackendCuda);
+  DevBuf<uint8_t> ws(plan.workspace_bytes());
+  d.poison(nullptr);
+  CK(cudaDeviceSynchronize());
+  struct Bad {
+    const char* name;
+    dmlaDecodeTensors_t t;
+  };
+  dmlaDecodeTensors_t base = d.tensors();
+  std::vector<Bad> bad(3, Bad{"", base});
+  bad[0].name = "q";
+  bad[0].t.q = static_cast<const char*>(base.q) + 8;
+  bad[1].name = "out";
+  bad[1].t.out = static_cast<char*>(base.out) + 4;
+  bad[2].name = "lse";
+  bad[2].t.lse = reinterpret_cast<float*>(reinterpret_cast<char*>(base.lse) + 2);
+  for (const Bad& b : bad) {
+    EXPECT_EQ(dmlaRun(plan.handle(), &b.t, ws.p, ws.n, nullptr), dmlaErrorInvalidArgument) << b.name;
+    EXPECT_EQ(std::string(dmlaGetLastErrorMessage()).rfind(std::string(b.name) + " = ", 0), 0u)
+        << dmlaGetLastErrorMessage();
+  }
+  CK(cudaDeviceSynchronize());
+  std::vector<uint8_t> out;
+  std::vector<float> lse;
+  d.fetch(&out, &lse);
+  for (uint8_t v : out) ASSERT_EQ(v, 0xFF) << "a refused run wrote out";
+}
+
 }  // namespace
