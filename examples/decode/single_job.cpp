@@ -191,7 +191,7 @@ int run_single_device_job(const JobOptions& opt) {
               "%d warm-up + %d timed iterations (median); the split combine is inside the time%s\n",
               shape.page_size, "bf16", opt.varlen ? 1 : 0, opt.causal ? 1 : 0,
               static_cast<unsigned long long>(opt.seed), opt.warmup, opt.iters,
-              opt.reuse_schedule ? "; -r 1: the split schedule is not (reused, as by every layer after the first)" : "");
+              opt.reuse_schedule ? "; -r 1: the split schedule is reused (as by every layer after the first)" : "");
   std::printf("%6s %4s %9s %4s %5s %8s %-28s %12s %9s %9s %10s %7s\n", "b", "s_q", "mean S", "h_q",
               "page", "backend", "device", "time us", "TFLOP/s", "GB/s", "rel err", "#wrong");
   char err_col[32] = "-", wrong_col[32] = "-";

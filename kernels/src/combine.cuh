@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
   for (int k = 0; k < 4; ++k) {
     acc[k].x *= inv; acc[k].y *= inv; acc[k].z *= inv; acc[k].w *= inv;
   }
-  const OutRow dst = out_row(p, i, gr);
+  const SliceRowOffsets dst = out_row(p, i, gr);
   const size_t orow = dst.o;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {

@@ -19,7 +19,7 @@ constexpr int kRowsPerBlock = 4;
 constexpr int kThreads = 32 * kRowsPerBlock;
 constexpr int kPerLane = kDv / 32;  // 16 values of a row per lane
 
-// Element V of vector j of a lane sits at column (j * 32 + lane) * V + v: every warp-wide
+// Element v of vector j of a lane sits at column (j * 32 + lane) * kElems + v: every warp-wide
 // vector access covers 32 * 16 contiguous bytes.
 template <ElemType T>
 struct Vec {

@@ -124,15 +124,9 @@ struct Params {
 };
 
 // Element offsets in out and lse of row gr (= t * h_q + head) of sequence i.
-struct OutRow {
-  size_t o, lse;
-};
-__host__ __device__ __forceinline__ OutRow out_row(const Params& p, int i, int gr) {
-  const int t = gr / p.h_q, hh = gr % p.h_q;
-  int hl = hh;
-  const int c = p.num_slices > 1 ? head_slice_of(hh, p.slice_base, p.slice_rem, &hl) : 0;
-  return {c * p.out_slice_stride + ((static_cast<size_t>(i) * p.s_q + t) * p.max_slice + hl) * kDV,
-          c * p.lse_slice_stride + (static_cast<size_t>(i) * p.max_slice + hl) * p.s_q + t};
+__device__ __forceinline__ SliceRowOffsets out_row(const Params& p, int i, int gr) {
+  return slice_row_offsets(i, gr / p.h_q, gr % p.h_q, p.s_q, p.num_slices, p.max_slice, p.slice_base, p.slice_rem,
+                           p.out_slice_stride, p.lse_slice_stride);
 }
 
 }  // namespace distmla::kernels::detail

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(256) decode_simple_kernel(const Params p) {
       float inv = l > 0.f ? 1.f / l : 0.f;
       float lse = l > 0.f ? (mx + log2f(l)) * 0.69314718055994530942f : -INFINITY;
       if (nsplit <= 1) {
-        const OutRow dst = out_row(p, i, gr);
+        const SliceRowOffsets dst = out_row(p, i, gr);
         const size_t orow = dst.o;
 #pragma unroll
         for (int k = 0; k < 16; ++k) {

@@ -28,7 +28,7 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
     const int gr = tile * kBlockM + r0 + 8 * h;
     if (gr >= p.rows) continue;
     if (direct) {
-      const OutRow dst = out_row(p, i, gr);
+      const SliceRowOffsets dst = out_row(p, i, gr);
       const size_t orow = dst.o + wg * 256 + cq;
       if (p.out_fp32) {
         float* out = static_cast<float*>(p.out) + orow;

@@ -15,7 +15,7 @@ dmlaResult_t cpu_run(const dmlaDecodeShape_t& shape, const dmlaDecodeTensors_t& 
   for (int b = 0; b < shape.batch; ++b)
     for (int q = 0; q < shape.s_q; ++q)
       for (int h = 0; h < shape.h_q; ++h) {
-        const SlicedRow dst = sliced_row(shape, slices, b, q, h);
+        const kernels::SliceRowOffsets dst = sliced_row(shape, slices, b, q, h);
         const double* src = out_ref.data() + ((static_cast<size_t>(b) * shape.s_q + q) * shape.h_q + h) * DMLA_D_V;
         if (shape.out_dtype == dmlaFP32) {
           float* out = static_cast<float*>(t.out) + dst.o;

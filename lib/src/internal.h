@@ -28,11 +28,9 @@ dmlaResult_t validate_indices(const dmlaDecodeShape_t& shape, const int32_t* blo
 dmlaHeadSlices_t plain_slices(const dmlaDecodeShape_t& shape);
 // num_slices, max_slice and the strides (alignment, room for one slice's block).
 dmlaResult_t validate_slices(const dmlaDecodeShape_t& shape, const dmlaHeadSlices_t& slices);
-// Element offsets of row (b, t, head) in out and lse under slices.
-struct SlicedRow {
-  size_t o, lse;
-};
-SlicedRow sliced_row(const dmlaDecodeShape_t& shape, const dmlaHeadSlices_t& slices, int b, int t, int head);
+// Element offsets of row (b, t, head) in out and lse under slices (kernels::slice_row_offsets).
+kernels::SliceRowOffsets sliced_row(const dmlaDecodeShape_t& shape, const dmlaHeadSlices_t& slices, int b, int t,
+                                    int head);
 
 // Backend glue (backend_cpu.cpp / backend_cuda.cpp).
 dmlaResult_t cpu_run(const dmlaDecodeShape_t& shape, const dmlaDecodeTensors_t& t,

@@ -119,12 +119,11 @@ dmlaResult_t validate_slices(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t&
   return dmlaSuccess;
 }
 
-SlicedRow sliced_row(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t& sl, int b, int t, int head) {
-  int hl;
-  const int c = kernels::head_slice_of(head, s.h_q / sl.num_slices, s.h_q % sl.num_slices, &hl);
+kernels::SliceRowOffsets sliced_row(const dmlaDecodeShape_t& s, const dmlaHeadSlices_t& sl, int b, int t, int head) {
   const size_t eb = s.out_dtype == dmlaFP32 ? 4 : 2;
-  return {c * (sl.out_slice_stride / eb) + ((static_cast<size_t>(b) * s.s_q + t) * sl.max_slice + hl) * DMLA_D_V,
-          c * (sl.lse_slice_stride / sizeof(float)) + (static_cast<size_t>(b) * sl.max_slice + hl) * s.s_q + t};
+  return kernels::slice_row_offsets(b, t, head, s.s_q, sl.num_slices, sl.max_slice, s.h_q / sl.num_slices,
+                                    s.h_q % sl.num_slices, sl.out_slice_stride / eb,
+                                    sl.lse_slice_stride / sizeof(float));
 }
 
 dmlaResult_t validate_indices(const dmlaDecodeShape_t& s, const int32_t* block_table,

@@ -43,6 +43,22 @@ DISTMLA_HOST_DEVICE int head_slice_of(int head, int base, int rem, int* in_slice
   return c;
 }
 
+// Element offsets of row (b, t, head) in out and lse with the heads in head slices (strides in
+// elements; base / rem as for head_slice_of). One slice with max_slice = h_q is the plain
+// layout: out [batch, s_q, h_q, 512], lse [batch, h_q, s_q].
+struct SliceRowOffsets {
+  size_t o, lse;
+};
+DISTMLA_HOST_DEVICE SliceRowOffsets slice_row_offsets(int b, int t, int head, int s_q, int num_slices,
+                                                      int max_slice, int base, int rem, size_t out_slice_stride,
+                                                      size_t lse_slice_stride) {
+  constexpr size_t kOutDim = 512;  // d_v
+  int hl = head;
+  const int c = num_slices > 1 ? head_slice_of(head, base, rem, &hl) : 0;
+  return {c * out_slice_stride + ((static_cast<size_t>(b) * s_q + t) * max_slice + hl) * kOutDim,
+          c * lse_slice_stride + (static_cast<size_t>(b) * max_slice + hl) * s_q + t};
+}
+
 // Where the rows of out / lse go: heads in num_slices consecutive slices (the first
 // h_q % num_slices one head larger); slice c's rows at out + c * out_slice_stride elements as
 // [batch, s_q, max_slice, 512] and its lse at lse + c * lse_slice_stride as [batch, max_slice,
