@@ -36,13 +36,13 @@ run_tests() {  # $1 = log, $2 = per-test timeout, rest = env
   done
   say "  $pass passed, $fail failed ($log)"
 }
-# DISTMLA_DECODE_KERNEL: wgmma3 (default), simple (CUDA cores, same schedule/combine).
-TEST_KERNELS=${TEST_KERNELS:-"wgmma3 simple"}
+# DISTMLA_DECODE_KERNEL: dsplit (default), tsplit (v3), simple (CUDA cores, same schedule/combine).
+TEST_KERNELS=${TEST_KERNELS:-"dsplit tsplit simple"}
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   for k in $TEST_KERNELS; do
     say "== gpu tests (DISTMLA_DECODE_KERNEL=$k)"
     run_tests "$OUT/gpu_tests_$k.log" 60 DISTMLA_DECODE_KERNEL=$k
-    [ "$k" = wgmma3 ] && grep '^\[case\]' "$OUT/gpu_tests_$k.log" | sed 's/^/  /' | tee -a "$SUM" >/dev/null
+    [ "$k" = dsplit ] && grep '^\[case\]' "$OUT/gpu_tests_$k.log" | sed 's/^/  /' | tee -a "$SUM" >/dev/null
   done
 fi
 
@@ -51,7 +51,7 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   say "== compute-sanitizer"
   F='GpuDecode.Basic:GpuDecode.OddHeads*:GpuDecode.Sq4Page128*:GpuDecode.AllZeroLengths:GpuDecode.Batch128Short'
   for tool in memcheck racecheck; do
-    DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma3} timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$T" --gtest_color=no --gtest_filter="$F" \
+    DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit} timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$T" --gtest_color=no --gtest_filter="$F" \
       >>"$OUT/sanitizer.log" 2>&1
     say "  $tool rc=$? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1))"
   done
@@ -69,26 +69,26 @@ fi
 
 # 4. Benchmark: every row of DESIGN.md section 7, then correctness-checked short rows.
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  for k in ${BENCH_KERNELS:-wgmma3}; do
+  for k in ${BENCH_KERNELS:-dsplit}; do
     say "== distmla_bench (DISTMLA_DECODE_KERNEL=$k)"
     echo "## DISTMLA_DECODE_KERNEL=$k" >>"$OUT/bench.log"
     DISTMLA_DECODE_KERNEL=$k timeout 150 "$BENCH" >>"$OUT/bench.log" 2>&1
     say "  rc=$?"
   done
-  echo "## checked rows (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma3})" >>"$OUT/bench.log"
-  DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma3} timeout 60 "$BENCH" -b 32 -s 1024 -H 16 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
-  DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma3} timeout 60 "$BENCH" -b 16 -s 2000 -H 128 -q 2 -V 1 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
-  echo "## schedule cost: short rows with the schedule reused (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma3})" >>"$OUT/bench.log"
+  echo "## checked rows (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit})" >>"$OUT/bench.log"
+  DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit} timeout 60 "$BENCH" -b 32 -s 1024 -H 16 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
+  DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit} timeout 60 "$BENCH" -b 16 -s 2000 -H 128 -q 2 -V 1 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
+  echo "## schedule cost: short rows with the schedule reused (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit})" >>"$OUT/bench.log"
   for r in 0 1; do
-    DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-wgmma3} timeout 60 "$BENCH" -b 128 -s 1024 -H 16 -g 1 -r $r >>"$OUT/bench.log" 2>&1
+    DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit} timeout 60 "$BENCH" -b 128 -s 1024 -H 16 -g 1 -r $r >>"$OUT/bench.log" 2>&1
   done
   cat "$OUT/bench.log" | tee -a "$SUM" >/dev/null
 fi
 
 # 5. Optional Nsight Compute profile of one decode launch (NCU=1; clocks left as they are).
 if [ "${NCU:-0}" = 1 ]; then
-  say "== ncu (DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-wgmma3}, b=128 S=8192 h_q=${NCU_H:-128})"
-  DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-wgmma3} timeout 150 ncu --clock-control none -k regex:decode_ -c 1 \
+  say "== ncu (DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-dsplit}, b=128 S=8192 h_q=${NCU_H:-128})"
+  DISTMLA_DECODE_KERNEL=${NCU_KERNEL:-dsplit} timeout 150 ncu --clock-control none -k regex:decode_ -c 1 \
     --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "$BENCH" -b 128 -s 8192 -H ${NCU_H:-128} -V 1 -n 1 -w 1 >"$OUT/ncu.txt" 2>&1
   say "  rc=$?"

@@ -13,8 +13,10 @@
 // The schedule is computed on the GPU from the device seqlens (schedule kernel), so a step
 // needs no host sync and can be captured in a CUDA graph.
 // Decode kernels (DISTMLA_DECODE_KERNEL selects; docs/PERFORMANCE.md has the measurements):
-//   wgmma3 (default): 2 consumer warpgroups + 1 producer warpgroup (TMA, empty/full mbarriers),
-//                     Q K^T split by tokens between the consumers, P through smem;
+//   dsplit (default, v6): 2 consumer warpgroups + 1 producer warpgroup (TMA, empty/full
+//                     mbarriers), Q K^T split by the 576 dims between the consumers (m64n64
+//                     products, partial S through smem), P through smem;
+//   tsplit (v3): the same with Q K^T split by tokens (m64n32 products);
 //   simple: CUDA cores, one warp per row (debug reference for schedule/combine).
 //
 // Files: decode_layout.cuh (sizes, workspace, Params), ptx.cuh (PTX wrappers), schedule.cuh,
@@ -61,17 +63,19 @@ EncodeTiledFn get_encode_fn() {
   return fn;
 }
 
-// DISTMLA_DECODE_KERNEL = wgmma3 (default: token-split Q K^T + producer warpgroup) | simple
-// (CUDA cores, same schedule and combine). v1 (redundant Q K^T), v2 (v3 without the producer
+// DISTMLA_DECODE_KERNEL = dsplit (default) | tsplit | simple (CUDA cores, same schedule and
+// combine). The cluster launch of a part's row tiles (same GPC, same L2 side; no multicast) was
+// measured too, run 14: no change. v1 (redundant Q K^T), v2 (v3 without the producer
 // warpgroup), v4 (P V(n) + Q K^T(n+1) back to back), v5 "seesaw" (blocks alternating between the
 // warpgroups) and a 2-CTA cluster with TMA multicast were measured and removed: none was faster;
 // see docs/PERFORMANCE.md for their numbers and commits.
-enum class KernelKind { kWgmma3, kSimple };
+enum class KernelKind { kDSplit, kTSplit, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
-    return KernelKind::kWgmma3;
+    if (e != nullptr && std::strcmp(e, "tsplit") == 0) return KernelKind::kTSplit;
+    return KernelKind::kDSplit;
   }();
   return k;
 }
@@ -86,9 +90,10 @@ cudaError_t ensure_smem_attr() {
   if (err != cudaSuccess) return err;
   std::lock_guard<std::mutex> lock(mu);
   if (dev >= 0 && dev < 64 && done[dev]) return cudaSuccess;
-  err = cudaFuncSetAttribute(decode_wgmma3_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             kSmemBytes);
-  if (err != cudaSuccess) return err;
+  for (auto kernel : {decode_wgmma3_kernel<Elem, false>, decode_wgmma3_kernel<Elem, true>}) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    if (err != cudaSuccess) return err;
+  }
   if (dev >= 0 && dev < 64) done[dev] = true;
   return cudaSuccess;
 }
@@ -172,8 +177,8 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
-    err = launch_pdl(decode_wgmma3_kernel<Elem>, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes),
-                     stream, map, p);
+    auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
+    err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
   }
   if (err != cudaSuccess) return err;
   const dim3 cgrid(s.batch, (rows + 7) / 8);
@@ -193,7 +198,7 @@ bool device_supported(int device) {
   }
   if (major != 9 || minor != 0) return false;
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, decode_wgmma3_kernel<__nv_bfloat16>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, decode_wgmma3_kernel<__nv_bfloat16, true>) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }

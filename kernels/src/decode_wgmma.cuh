@@ -1,6 +1,6 @@
 #pragma once
 // Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
-// The wgmma split-decode kernel (v3) and its epilogue.
+// The wgmma split-decode kernel (v6 = v3 with Q K^T split by dims; v3 by tokens) and its epilogue.
 #include <cuda.h>
 
 #include <cmath>
@@ -66,11 +66,80 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
 // ahead, so the consumers never stall on global loads and need no end-of-block barrier.
 // ---------------------------------------------------------------------------------------------
 constexpr int kPBytes = kBlockM * kBlockN * 2;  // 8 KB
+
+// v6 Q K^T (see decode_wgmma3_kernel): s = this warpgroup's 32 tokens of S = Q K^T, summed over
+// both warpgroups' halves of the 576 dims. x_q: Q's rope chunk in smem (warpgroup 0's exchange
+// slot), x_kv: the stage's rope chunk (warpgroup 1's); t = thread in the warpgroup.
+template <typename Elem>
+__device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4][4], uint32_t sQ, uint32_t sK,
+                                          uint8_t* x_q, uint8_t* x_kv, int wg, int t) {
+  float acc[32];  // the first product of each branch overwrites it (scale-d 0)
+  // 18 k-steps each: warpgroup 0 chunks 0-3 and half of 4; warpgroup 1 the other half of 4,
+  // chunks 5-7 from smem, then the rope chunk with A from registers. Each branch waits for its
+  // own products (a branch join with groups in flight serialises every wgmma: ptxas C7520).
+  if (wg == 0) {
+    wgmma_fence();
+#pragma unroll
+    for (int g = 0; g < 18; ++g) {
+      const int c = g / 4, kk = g % 4;
+      ElemTraits<Elem>::qk64(acc, make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024),
+                             make_desc(sK + c * kChunkBytes + kk * 32, 16, 1024), g > 0);
+    }
+    wgmma_commit();
+    wgmma_wait0();
+  } else {
+    wgmma_fence();
+#pragma unroll
+    for (int g = 18; g < 32; ++g) {
+      const int c = g / 4, kk = g % 4;
+      ElemTraits<Elem>::qk64(acc, make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024),
+                             make_desc(sK + c * kChunkBytes + kk * 32, 16, 1024), g > 18);
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      ElemTraits<Elem>::qk64_rs(acc, qr[kk], make_desc(sK + 8 * kChunkBytes + kk * 32, 16, 1024));
+    }
+    wgmma_commit();
+    wgmma_wait0();
+  }
+  reg_fence(acc);
+  // acc[4j + 2h + x] is (row r0 + 8h, token 8j + cq + x): groups j 0-3 are warpgroup 0's tokens,
+  // 4-7 warpgroup 1's. Selects with constant indices keep acc in registers.
+  float4* out = reinterpret_cast<float4*>(wg == 0 ? x_q : x_kv);
+  const float4* in = reinterpret_cast<const float4*>(wg == 0 ? x_kv : x_q);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float v[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v[k] = wg == 0 ? acc[16 + 4 * j + k] : acc[4 * j + k];
+    out[j * 128 + t] = make_float4(v[0], v[1], v[2], v[3]);
+  }
+  // The stage's rope chunk goes back to TMA writes once released: order these generic writes
+  // before them.
+  fence_proxy_async();
+  consumer_sync();
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float4 o = in[j * 128 + t];
+    const float w[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) s[4 * j + k] = (wg == 0 ? acc[4 * j + k] : acc[16 + 4 * j + k]) + w[k];
+  }
+}
 constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + 64 /*barriers*/ + 512 /*max*/ +
                            512 /*sum*/ + 1024 /*align*/;
 constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one active thread)
 
-template <typename Elem>
+//
+// kDSplit (v6) changes Q K^T only: it is split by the 576 dims instead of the tokens, so that
+// each warpgroup issues m64n64 products (v3's m64n32 read 1.5x the smem bytes per FLOP).
+// Warpgroup 0 takes dims 0-287, warpgroup 1 dims 288-575, whose last 64 (the rope chunk) come
+// from Q held in warpgroup 1's registers. Each writes the partial S of the other's 32 tokens to
+// smem (float4 per thread and token group: conflict-free) and adds the other's after a barrier;
+// from there on it is v3. The exchange needs 16 KB that the smem plan does not have, so it
+// reuses what this split frees: Q's rope chunk in smem (warpgroup 0 writes there) and the
+// stage's rope chunk, which only warpgroup 1's products read (warpgroup 1 writes there).
+template <typename Elem, bool kDSplit>
 __global__ void __launch_bounds__(kThreadsV3, 1)
     decode_wgmma3_kernel(const __grid_constant__ CUtensorMap kv_map, const Params p) {
   extern __shared__ uint8_t smem_raw[];
@@ -88,7 +157,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   float* sSum = sMax + 2 * kBlockM;                            // [2][64]
 
   const int tid = threadIdx.x;
-  const int wg = tid / 128;
+  // provably warp-uniform, so that ptxas keeps the wgmma of each branch asynchronous (C7520)
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   const int lane = tid % 32;
   const int warp_in_wg = (tid % 128) / 32;
   const int part = blockIdx.x;
@@ -184,9 +254,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 
     consumer_sync();  // previous wgmma reads of sQ / sP and reads of sSum are complete
     {
-      // Q tile: loads in two batches of 9 in flight before their stores.
+      // Q tile: loads in two batches in flight before their stores (v6: no rope chunk).
       const uint16_t* q = static_cast<const uint16_t*>(p.q);
-      constexpr int kIters = kBlockM * kChunks * 8 / kThreads;  // 18
+      constexpr int kQChunks = kDSplit ? kChunks - 1 : kChunks;
+      constexpr int kIters = kBlockM * kQChunks * 8 / kThreads;  // 18 (v6: 16)
       constexpr int kBatch = kIters / 2;
 #pragma unroll 1
       for (int b0 = 0; b0 < kIters; b0 += kBatch) {
@@ -194,7 +265,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 #pragma unroll
         for (int it = 0; it < kBatch; ++it) {
           const int idx = tid + (b0 + it) * kThreads;
-          const int u = idx % 8, c = (idx / 8) % kChunks, r = idx / (8 * kChunks);
+          const int u = idx % 8, c = (idx / 8) % kQChunks, r = idx / (8 * kQChunks);
           const int gr = tile * kBlockM + r;
           v[it] = make_uint4(0, 0, 0, 0);
           if (gr < p.rows)
@@ -204,11 +275,29 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 #pragma unroll
         for (int it = 0; it < kBatch; ++it) {
           const int idx = tid + (b0 + it) * kThreads;
-          const int u = idx % 8, c = (idx / 8) % kChunks, r = idx / (8 * kChunks);
+          const int u = idx % 8, c = (idx / 8) % kQChunks, r = idx / (8 * kQChunks);
           *reinterpret_cast<uint4*>(gQ + c * kChunkBytes + r * 128 + ((u ^ (r & 7)) * 16)) = v[it];
         }
       }
       fence_proxy_async();
+    }
+    // v6: warpgroup 1 holds Q's rope chunk (dims 512-575) as wgmma A fragments: k-step kk,
+    // registers {row, col}, {row + 8, col}, {row, col + 8}, {row + 8, col + 8} with row = r0 and
+    // col = 512 + 16 kk + cq.
+    uint32_t qr[4][4];
+    if constexpr (kDSplit) {
+      const uint32_t* q = static_cast<const uint32_t*>(p.q);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int gr = tile * kBlockM + r0 + 8 * h;
+        const bool ok = wg == 1 && gr < p.rows;
+        const size_t rowbase = ((static_cast<size_t>(i) * p.rows + gr) * kDQK + 512 + cq) / 2;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          qr[kk][h] = ok ? __ldg(q + rowbase + 8 * kk) : 0u;
+          qr[kk][2 + h] = ok ? __ldg(q + rowbase + 8 * kk + 4) : 0u;
+        }
+      }
     }
     consumer_sync();
 
@@ -245,23 +334,28 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         consumer_sync();
       }
 
-      // ---- S_w = Q K[32w .. 32w+32)^T (64 x 32, K = 576) ----
       float s[16];
+      if constexpr (kDSplit) {
+        qk_dsplit<Elem>(s, qr, sQ, sK, gbase + 8 * kChunkBytes, gKV0 + stage * kTileBytes + 8 * kChunkBytes, wg,
+                        tid % 128);
+      } else {
+        // ---- S_w = Q K[32w .. 32w+32)^T (64 x 32, K = 576) ----
 #pragma unroll
-      for (int k = 0; k < 16; ++k) s[k] = 0.f;
-      wgmma_fence();
+        for (int k = 0; k < 16; ++k) s[k] = 0.f;
+        wgmma_fence();
 #pragma unroll
-      for (int c = 0; c < kChunks; ++c) {
+        for (int c = 0; c < kChunks; ++c) {
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          uint64_t da = make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024);
-          uint64_t db = make_desc(sK + c * kChunkBytes + wg * 32 * 128 + kk * 32, 16, 1024);
-          ElemTraits<Elem>::qk32(s, da, db, 1);
+          for (int kk = 0; kk < 4; ++kk) {
+            uint64_t da = make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024);
+            uint64_t db = make_desc(sK + c * kChunkBytes + wg * 32 * 128 + kk * 32, 16, 1024);
+            ElemTraits<Elem>::qk32(s, da, db, 1);
+          }
         }
+        wgmma_commit();
+        wgmma_wait0();
+        reg_fence(s);
       }
-      wgmma_commit();
-      wgmma_wait0();
-      reg_fence(s);
 
       // ---- mask, local row max, exchange ----
       float ml[2] = {NEG_INF, NEG_INF};

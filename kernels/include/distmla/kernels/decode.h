@@ -89,7 +89,7 @@ size_t decode_workspace_bytes(const DecodeShape& shape);
 // h_q 1..128, s_q 1..4; anything else returns cudaErrorInvalidValue before any launch.
 // reuse_schedule: the schedule metadata left in this workspace by an earlier call with the
 // same seqlens (e.g. the previous layer) is reused; the seqlens are then not read again.
-// Environment (debugging/measuring): DISTMLA_DECODE_KERNEL=wgmma3 (default) | simple.
+// Environment (debugging/measuring): DISTMLA_DECODE_KERNEL=dsplit (default) | tsplit | simple.
 cudaError_t decode(const DecodeShape& shape, const DecodeTensors& t, void* workspace,
                    size_t workspace_bytes, bool reuse_schedule, cudaStream_t stream);
 
