@@ -114,10 +114,7 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
     for (int k = 0; k < 4; ++k) v[k] = wg == 0 ? acc[16 + 4 * j + k] : acc[4 * j + k];
     out[j * 128 + t] = make_float4(v[0], v[1], v[2], v[3]);
   }
-  // The stage's rope chunk goes back to TMA writes once released: order these generic writes
-  // before them.
-  fence_proxy_async();
-  consumer_sync();
+  consumer_sync();  // (warpgroup 1's writes into the stage are ordered before its TMA refill at the release)
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const float4 o = in[j * 128 + t];
@@ -380,14 +377,24 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         if ((lane & 3) == 0) sMax[wg * kBlockM + r0 + 8 * h] = ml[h];
       }
       consumer_sync();
+      // Lazy rescaling: the running max (the exponent base) moves only when the block's max
+      // exceeds it by more than kLazyLog2, so P <= 2^kLazyLog2 (harmless in bf16 P and fp32
+      // sums) and most blocks skip the 128 multiplies of O. Both warpgroups see the same max,
+      // so they take the same base.
+      constexpr float kLazyLog2 = 8.f;
       float corr[2];
+      bool moved = false;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const float other = sMax[(1 - wg) * kBlockM + r0 + 8 * h];
-        const float mx = fmaxf(mrow[h], fmaxf(ml[h], other));
-        const float base_h = mx == NEG_INF ? 0.f : mx;
-        corr[h] = exp2f(mrow[h] - base_h);
-        mrow[h] = mx;
+        const float mx = fmaxf(ml[h], other);
+        corr[h] = 1.f;
+        if (mx > mrow[h] + kLazyLog2) {  // also the first finite max (mrow -inf: corr 0)
+          corr[h] = exp2f(mrow[h] - mx);
+          mrow[h] = mx;
+          moved = true;
+        }
+        const float base_h = mrow[h] == NEG_INF ? 0.f : mrow[h];
         lrow[h] *= corr[h];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -411,12 +418,14 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         }
       }
       fence_proxy_async();
+      if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        o[4 * j + 0] *= corr[0];
-        o[4 * j + 1] *= corr[0];
-        o[4 * j + 2] *= corr[1];
-        o[4 * j + 3] *= corr[1];
+        for (int j = 0; j < 32; ++j) {
+          o[4 * j + 0] *= corr[0];
+          o[4 * j + 1] *= corr[0];
+          o[4 * j + 2] *= corr[1];
+          o[4 * j + 3] *= corr[1];
+        }
       }
       consumer_sync();  // both halves of P are in smem
 
@@ -436,6 +445,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       // this warp is done with the stage: release it to the producer. No block-wide barrier is
       // needed for sP / sMax: the next writes of either happen after a barrier that both
       // warpgroups reach only after their reads (see docs/PERFORMANCE.md, v3).
+      // v6: warpgroup 1 wrote its S exchange into the stage's rope chunk with generic stores;
+      // the proxy fence orders them before the TMA writes of the refill (off the critical path
+      // here, unlike right after the stores).
+      if (kDSplit && wg == 1) fence_proxy_async();
       __syncwarp();
       if (lane == 0) mbar_arrive(empty0 + 8 * stage);
       ++consumed;
