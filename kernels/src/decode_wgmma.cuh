@@ -57,6 +57,56 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
   }
 }
 
+// Q tile rows of sequence i into smem, 128B-swizzled, chunks 0 .. kQChunks - 1 (rows past
+// p.rows zeroed), by the 256 consumer threads: loads in two batches in flight before their
+// stores. Ends with the proxy fence for the wgmma reads; the caller's barrier publishes it.
+template <int kQChunks>
+__device__ __forceinline__ void load_q_smem(const Params& p, uint8_t* gQ, int i, int tile, int tid) {
+  const uint16_t* q = static_cast<const uint16_t*>(p.q);
+  constexpr int kIters = kBlockM * kQChunks * 8 / kThreads;  // 18 (no rope chunk: 16)
+  constexpr int kBatch = kIters / 2;
+#pragma unroll 1
+  for (int b0 = 0; b0 < kIters; b0 += kBatch) {
+    uint4 v[kBatch];
+#pragma unroll
+    for (int it = 0; it < kBatch; ++it) {
+      const int idx = tid + (b0 + it) * kThreads;
+      const int u = idx % 8, c = (idx / 8) % kQChunks, r = idx / (8 * kQChunks);
+      const int gr = tile * kBlockM + r;
+      v[it] = make_uint4(0, 0, 0, 0);
+      if (gr < p.rows)
+        v[it] = __ldg(reinterpret_cast<const uint4*>(q + (static_cast<size_t>(i) * p.rows + gr) * kDQK + c * 64 +
+                                                     u * 8));
+    }
+#pragma unroll
+    for (int it = 0; it < kBatch; ++it) {
+      const int idx = tid + (b0 + it) * kThreads;
+      const int u = idx % 8, c = (idx / 8) % kQChunks, r = idx / (8 * kQChunks);
+      *reinterpret_cast<uint4*>(gQ + c * kChunkBytes + r * 128 + ((u ^ (r & 7)) * 16)) = v[it];
+    }
+  }
+  fence_proxy_async();
+}
+
+// Q's rope chunk (dims 512-575) of rows r0 and r0 + 8 as wgmma A fragments: k-step kk, registers
+// {row, col}, {row + 8, col}, {row, col + 8}, {row + 8, col + 8} with col = 512 + 16 kk + cq.
+// Zeros where !enable or past p.rows.
+__device__ __forceinline__ void load_q_rope(const Params& p, uint32_t (&qr)[4][4], int i, int tile, int r0, int cq,
+                                            bool enable) {
+  const uint32_t* q = static_cast<const uint32_t*>(p.q);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int gr = tile * kBlockM + r0 + 8 * h;
+    const bool ok = enable && gr < p.rows;
+    const size_t rowbase = ((static_cast<size_t>(i) * p.rows + gr) * kDQK + 512 + cq) / 2;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      qr[kk][h] = ok ? __ldg(q + rowbase + 8 * kk) : 0u;
+      qr[kk][2 + h] = ok ? __ldg(q + rowbase + 8 * kk + 4) : 0u;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Split decode, wgmma path (v3). Q K^T is split by tokens: consumer warpgroup w computes S for
 // tokens [32w, 32w + 32) of the block (m64n32k16), the two exchange row maxima through smem,
@@ -97,7 +147,7 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
     }
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      ElemTraits<Elem>::qk64_rs(acc, qr[kk], make_desc(sK + 8 * kChunkBytes + kk * 32, 16, 1024));
+      ElemTraits<Elem>::qk64_rs(acc, qr[kk], make_desc(sK + 8 * kChunkBytes + kk * 32, 16, 1024), 1);
     }
     wgmma_commit();
     wgmma_wait0();
@@ -250,52 +300,9 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     const int split_idx = part - m.seq_first_part[i];
 
     consumer_sync();  // previous wgmma reads of sQ / sP and reads of sSum are complete
-    {
-      // Q tile: loads in two batches in flight before their stores (v6: no rope chunk).
-      const uint16_t* q = static_cast<const uint16_t*>(p.q);
-      constexpr int kQChunks = kDSplit ? kChunks - 1 : kChunks;
-      constexpr int kIters = kBlockM * kQChunks * 8 / kThreads;  // 18 (v6: 16)
-      constexpr int kBatch = kIters / 2;
-#pragma unroll 1
-      for (int b0 = 0; b0 < kIters; b0 += kBatch) {
-        uint4 v[kBatch];
-#pragma unroll
-        for (int it = 0; it < kBatch; ++it) {
-          const int idx = tid + (b0 + it) * kThreads;
-          const int u = idx % 8, c = (idx / 8) % kQChunks, r = idx / (8 * kQChunks);
-          const int gr = tile * kBlockM + r;
-          v[it] = make_uint4(0, 0, 0, 0);
-          if (gr < p.rows)
-            v[it] = __ldg(reinterpret_cast<const uint4*>(q + (static_cast<size_t>(i) * p.rows + gr) * kDQK +
-                                                         c * 64 + u * 8));
-        }
-#pragma unroll
-        for (int it = 0; it < kBatch; ++it) {
-          const int idx = tid + (b0 + it) * kThreads;
-          const int u = idx % 8, c = (idx / 8) % kQChunks, r = idx / (8 * kQChunks);
-          *reinterpret_cast<uint4*>(gQ + c * kChunkBytes + r * 128 + ((u ^ (r & 7)) * 16)) = v[it];
-        }
-      }
-      fence_proxy_async();
-    }
-    // v6: warpgroup 1 holds Q's rope chunk (dims 512-575) as wgmma A fragments: k-step kk,
-    // registers {row, col}, {row + 8, col}, {row, col + 8}, {row + 8, col + 8} with row = r0 and
-    // col = 512 + 16 kk + cq.
+    load_q_smem<kDSplit ? kChunks - 1 : kChunks>(p, gQ, i, tile, tid);
     uint32_t qr[4][4];
-    if constexpr (kDSplit) {
-      const uint32_t* q = static_cast<const uint32_t*>(p.q);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int gr = tile * kBlockM + r0 + 8 * h;
-        const bool ok = wg == 1 && gr < p.rows;
-        const size_t rowbase = ((static_cast<size_t>(i) * p.rows + gr) * kDQK + 512 + cq) / 2;
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          qr[kk][h] = ok ? __ldg(q + rowbase + 8 * kk) : 0u;
-          qr[kk][2 + h] = ok ? __ldg(q + rowbase + 8 * kk + 4) : 0u;
-        }
-      }
-    }
+    if constexpr (kDSplit) load_q_rope(p, qr, i, tile, r0, cq, wg == 1);
     consumer_sync();
 
     int lim[2];
