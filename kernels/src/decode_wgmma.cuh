@@ -147,7 +147,7 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
     }
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      ElemTraits<Elem>::qk64_rs(acc, qr[kk], make_desc(sK + 8 * kChunkBytes + kk * 32, 16, 1024), 1);
+      ElemTraits<Elem>::qk64_rs(acc, qr[kk], make_desc(sK + 8 * kChunkBytes + kk * 32, 16, 1024));
     }
     wgmma_commit();
     wgmma_wait0();
