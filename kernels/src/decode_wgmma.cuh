@@ -107,15 +107,17 @@ __device__ __forceinline__ void load_q_rope(const Params& p, uint32_t (&qr)[4][4
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Split decode, wgmma path (v3). Q K^T is split by tokens: consumer warpgroup w computes S for
-// tokens [32w, 32w + 32) of the block (m64n32k16), the two exchange row maxima through smem,
-// write their half of P (bf16, 128B-swizzled, K-major) to smem, and both run P V with A = P
-// from smem, each into its 256 of the 512 output columns. A dedicated TMA producer warp (warp 8)
-// waits on per-stage "empty" mbarriers (one arrival per consumer warp) and reads the block table
-// ahead, so the consumers never stall on global loads and need no end-of-block barrier.
-// ---------------------------------------------------------------------------------------------
-constexpr int kPBytes = kBlockM * kBlockN * 2;  // 8 KB
+// acc (+)= Q K^T over k-steps [G0, G1) of 16 dims, both operands from smem (m64n64); the first
+// step overwrites acc.
+template <typename Elem, int G0, int G1>
+__device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t sQ, uint32_t sK) {
+#pragma unroll
+  for (int g = G0; g < G1; ++g) {
+    const int c = g / 4, kk = g % 4;
+    ElemTraits<Elem>::qk64(acc, make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024),
+                           make_desc(sK + c * kChunkBytes + kk * 32, 16, 1024), g > G0);
+  }
+}
 
 // v6 Q K^T (see decode_wgmma3_kernel): s = this warpgroup's 32 tokens of S = Q K^T, summed over
 // both warpgroups' halves of the 576 dims. x_q: Q's rope chunk in smem (warpgroup 0's exchange
@@ -129,22 +131,12 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
   // own products (a branch join with groups in flight serialises every wgmma: ptxas C7520).
   if (wg == 0) {
     wgmma_fence();
-#pragma unroll
-    for (int g = 0; g < 18; ++g) {
-      const int c = g / 4, kk = g % 4;
-      ElemTraits<Elem>::qk64(acc, make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024),
-                             make_desc(sK + c * kChunkBytes + kk * 32, 16, 1024), g > 0);
-    }
+    qk64_steps<Elem, 0, 18>(acc, sQ, sK);
     wgmma_commit();
     wgmma_wait0();
   } else {
     wgmma_fence();
-#pragma unroll
-    for (int g = 18; g < 32; ++g) {
-      const int c = g / 4, kk = g % 4;
-      ElemTraits<Elem>::qk64(acc, make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024),
-                             make_desc(sK + c * kChunkBytes + kk * 32, 16, 1024), g > 18);
-    }
+    qk64_steps<Elem, 18, 32>(acc, sQ, sK);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       ElemTraits<Elem>::qk64_rs(acc, qr[kk], make_desc(sK + 8 * kChunkBytes + kk * 32, 16, 1024));
@@ -164,7 +156,9 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
     for (int k = 0; k < 4; ++k) v[k] = wg == 0 ? acc[16 + 4 * j + k] : acc[4 * j + k];
     out[j * 128 + t] = make_float4(v[0], v[1], v[2], v[3]);
   }
-  consumer_sync();  // (warpgroup 1's writes into the stage are ordered before its TMA refill at the release)
+  // Both halves are written. (Warpgroup 1's proxy fence for its stores into the stage, needed
+  // before the TMA refills it, comes at the stage release, off this critical path.)
+  consumer_sync();
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const float4 o = in[j * 128 + t];
@@ -173,11 +167,20 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
     for (int k = 0; k < 4; ++k) s[4 * j + k] = (wg == 0 ? acc[4 * j + k] : acc[16 + 4 * j + k]) + w[k];
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Split decode, wgmma path (v3). Q K^T is split by tokens: consumer warpgroup w computes S for
+// tokens [32w, 32w + 32) of the block (m64n32k16), the two exchange row maxima through smem,
+// write their half of P (bf16, 128B-swizzled, K-major) to smem, and both run P V with A = P
+// from smem, each into its 256 of the 512 output columns. A dedicated TMA producer warp (warp 8)
+// waits on per-stage "empty" mbarriers (one arrival per consumer warp) and reads the block table
+// ahead, so the consumers never stall on global loads and need no end-of-block barrier.
+// ---------------------------------------------------------------------------------------------
+constexpr int kPBytes = kBlockM * kBlockN * 2;  // 8 KB
 constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + 64 /*barriers*/ + 512 /*max*/ +
                            512 /*sum*/ + 1024 /*align*/;
 constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one active thread)
 
-//
 // kDSplit (v6) changes Q K^T only: it is split by the 576 dims instead of the tokens, so that
 // each warpgroup issues m64n64 products (v3's m64n32 read 1.5x the smem bytes per FLOP).
 // Warpgroup 0 takes dims 0-287, warpgroup 1 dims 288-575, whose last 64 (the rope chunk) come
