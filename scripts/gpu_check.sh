@@ -67,7 +67,8 @@ if [ "${SKIP_SASS:-0}" != 1 ]; then
   say "  total HGMMA $(grep -c HGMMA /tmp/distmla.sass), LDL/STL $(grep -cE 'LDL|STL' /tmp/distmla.sass)"
 fi
 
-# 4. Benchmark: every row of DESIGN.md section 7, then correctness-checked short rows.
+# 4. Benchmark: every row of DESIGN.md section 7 (short rows also with the schedule reused), then
+#    correctness-checked rows.
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   for k in ${BENCH_KERNELS:-dsplit}; do
     say "== distmla_bench (DISTMLA_DECODE_KERNEL=$k)"
@@ -78,10 +79,6 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   echo "## checked rows (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit})" >>"$OUT/bench.log"
   DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit} timeout 60 "$BENCH" -b 32 -s 1024 -H 16 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
   DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit} timeout 60 "$BENCH" -b 16 -s 2000 -H 128 -q 2 -V 1 -c 1 -n 30 >>"$OUT/bench.log" 2>&1
-  echo "## schedule cost: short rows with the schedule reused (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit})" >>"$OUT/bench.log"
-  for r in 0 1; do
-    DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit} timeout 60 "$BENCH" -b 128 -s 1024 -H 16 -g 1 -r $r >>"$OUT/bench.log" 2>&1
-  done
   cat "$OUT/bench.log" | tee -a "$SUM" >/dev/null
 fi
 
