@@ -11,11 +11,6 @@
 
 namespace distmla::kernels::detail {
 
-// Producer cursor over the (sequence, block) items of a part.
-struct Cursor {
-  int seq, blk, end;
-};
-
 // Epilogue of the wgmma kernels: this warpgroup's 256 output columns of rows r0 and r0 + 8,
 // normalised by inv; straight to out/lse when the sequence has one split, else to the partials.
 template <typename Elem>
@@ -53,6 +48,46 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
             make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
       }
       if (wg == 0 && (lane % 4) == 0) m.part_lse[slot * p.rows + gr] = lse_r[h];
+    }
+  }
+}
+
+// The TMA producer (one thread): loads the 64-token blocks of the part's sequences, in order,
+// into kStages stages (full barrier bar0 + 8 s, expect-tx), each once its consumers released it
+// (empty barrier empty0 + 8 s). Only pages that hold a token below the length are read (pages of
+// 16 or 32 tokens are several boxes a block); rows past the length keep stale data.
+__device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Params& p, uint32_t sKV0, uint32_t bar0,
+                                            uint32_t empty0, int part, int seq_begin, int seq_end) {
+  const Meta& m = p.meta;
+  const int W = m.hdr[0];
+  const int R = p.page_size < kBlockN ? p.page_size : kBlockN;
+  const int pieces = kBlockN / R;
+  uint32_t produced = 0;
+  for (int i = seq_begin; i < seq_end; ++i) {
+    int a, e;
+    part_block_range(m, W, part, i, a, e);
+    const int L = m.seq_len[i];
+    for (int n = a; n < e; ++n) {
+      if (produced >= kStages) mbar_wait(empty0 + 8 * (produced % kStages), ((produced / kStages) - 1) & 1);
+      const int stage = produced % kStages;
+      const uint32_t dst = sKV0 + stage * kTileBytes;
+      const uint32_t bar = bar0 + 8 * stage;
+      int npieces = 0;
+      for (int k = 0; k < pieces; ++k) {
+        if (n * kBlockN + k * R < L) ++npieces;
+      }
+      mbar_arrive_expect_tx(bar, static_cast<uint32_t>(npieces * kChunks * R * 128));
+      for (int k = 0; k < npieces; ++k) {
+        const int tok0 = n * kBlockN + k * R;
+        int lp = tok0 / p.page_size;
+        if (lp >= p.max_blocks_per_seq) lp = p.max_blocks_per_seq - 1;
+        int phys = p.block_table[static_cast<size_t>(i) * p.max_blocks_per_seq + lp];
+        phys = phys < 0 ? 0 : (phys >= p.num_blocks ? p.num_blocks - 1 : phys);
+        const int row = phys * p.page_size + tok0 % p.page_size;
+#pragma unroll 1
+        for (int c = 0; c < kChunks; ++c) tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, bar, c * 64, row);
+      }
+      ++produced;
     }
   }
 }
@@ -232,61 +267,11 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const int seq_end = m.part_end[part];
   if (seq_begin >= seq_end) return;
 
-  Cursor pc{seq_begin, 0, 0};
-  auto producer_setup = [&](Cursor& c) {
-    while (c.seq < seq_end) {
-      int a, e;
-      part_block_range(m, W, part, c.seq, a, e);
-      if (a < e) { c.blk = a; c.end = e; return; }
-      ++c.seq;
-    }
-  };
-  uint32_t produced = 0;
-  auto produce_one = [&]() {
-    if (pc.seq >= seq_end) return;
-    const int i = pc.seq;
-    const int n = pc.blk;
-    const int stage = produced % kStages;
-    const uint32_t dst = sKV0 + stage * kTileBytes;
-    const uint32_t bar = bar0 + 8 * stage;
-    const int L = m.seq_len[i];
-    const int R = p.page_size < kBlockN ? p.page_size : kBlockN;
-    const int pieces = kBlockN / R;
-    int npieces = 0;
-    for (int k = 0; k < pieces; ++k) {
-      if (n * kBlockN + k * R < L) ++npieces;
-    }
-    mbar_arrive_expect_tx(bar, static_cast<uint32_t>(npieces * kChunks * R * 128));
-    for (int k = 0; k < npieces; ++k) {
-      int tok0 = n * kBlockN + k * R;
-      int lp = tok0 / p.page_size;
-      if (lp >= p.max_blocks_per_seq) lp = p.max_blocks_per_seq - 1;
-      int off = tok0 % p.page_size;
-      int phys = p.block_table[static_cast<size_t>(i) * p.max_blocks_per_seq + lp];
-      phys = phys < 0 ? 0 : (phys >= p.num_blocks ? p.num_blocks - 1 : phys);
-      int row = phys * p.page_size + off;
-#pragma unroll 1
-      for (int c = 0; c < kChunks; ++c) {
-        tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, bar, c * 64, row);
-      }
-    }
-    ++produced;
-    if (++pc.blk >= pc.end) {
-      ++pc.seq;
-      producer_setup(pc);
-    }
-  };
   if (tid >= kThreads) {
     // producer warpgroup: gives registers back; one thread runs ahead of the consumers by
     // kStages blocks, off their critical path
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (tid == kThreads) {
-      producer_setup(pc);
-      while (pc.seq < seq_end) {
-        if (produced >= kStages) mbar_wait(empty0 + 8 * (produced % kStages), ((produced / kStages) - 1) & 1);
-        produce_one();
-      }
-    }
+    if (tid == kThreads) kv_producer(kv_map, p, sKV0, bar0, empty0, part, seq_begin, seq_end);
   } else {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
 
