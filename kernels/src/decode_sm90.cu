@@ -33,7 +33,6 @@
 #include "combine.cuh"
 #include "decode_layout.cuh"
 #include "decode_simple.cuh"
-#include "decode_small.cuh"
 #include "decode_wgmma.cuh"
 #include "distmla/kernels/decode.h"
 #include "schedule.cuh"
@@ -70,13 +69,12 @@ EncodeTiledFn get_encode_fn() {
 // warpgroup), v4 (P V(n) + Q K^T(n+1) back to back), v5 "seesaw" (blocks alternating between the
 // warpgroups) and a 2-CTA cluster with TMA multicast were measured and removed: none was faster;
 // see docs/PERFORMANCE.md for their numbers and commits.
-enum class KernelKind { kDSplit, kTSplit, kSmall, kSimple };
+enum class KernelKind { kDSplit, kTSplit, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
     if (e != nullptr && std::strcmp(e, "tsplit") == 0) return KernelKind::kTSplit;
-    if (e != nullptr && std::strcmp(e, "small") == 0) return KernelKind::kSmall;
     return KernelKind::kDSplit;
   }();
   return k;
@@ -96,8 +94,6 @@ cudaError_t ensure_smem_attr() {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
     if (err != cudaSuccess) return err;
   }
-  err = cudaFuncSetAttribute(decode_small_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmallSmemBytes);
-  if (err != cudaSuccess) return err;
   if (dev >= 0 && dev < 64) done[dev] = true;
   return cudaSuccess;
 }
@@ -182,11 +178,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
     auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
-    if (kind == KernelKind::kSmall && rows <= kSmallRows)
-      err = launch_pdl(decode_small_kernel<Elem>, grid, dim3(kThreadsV3), static_cast<size_t>(kSmallSmemBytes), stream,
-                       map, p);
-    else
-      err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
+    err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
   }
   if (err != cudaSuccess) return err;
   const dim3 cgrid(s.batch, (rows + 7) / 8);

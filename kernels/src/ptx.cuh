@@ -94,9 +94,6 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_bf16_tb(d, da, db, 1);
   }
-  static __device__ __forceinline__ void pvt(float (&d)[16], uint64_t da, uint64_t db, int sd) {
-    detail::wgmma_m64n32k16_ss_bf16_ta(d, da, db, sd);
-  }
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __uint_as_float(static_cast<uint32_t>(h) << 16);
   }
@@ -118,9 +115,6 @@ struct ElemTraits<__half> {
   }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_f16_tb(d, da, db, 1);
-  }
-  static __device__ __forceinline__ void pvt(float (&d)[16], uint64_t da, uint64_t db, int sd) {
-    detail::wgmma_m64n32k16_ss_f16_ta(d, da, db, sd);
   }
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __half2float(__ushort_as_half(h));
