@@ -64,11 +64,11 @@ EncodeTiledFn get_encode_fn() {
 }
 
 // DISTMLA_DECODE_KERNEL = dsplit (default) | tsplit | simple (CUDA cores, same schedule and
-// combine). The cluster launch of a part's row tiles (same GPC, same L2 side; no multicast) was
-// measured too, run 14: no change. v1 (redundant Q K^T), v2 (v3 without the producer
-// warpgroup), v4 (P V(n) + Q K^T(n+1) back to back), v5 "seesaw" (blocks alternating between the
-// warpgroups) and a 2-CTA cluster with TMA multicast were measured and removed: none was faster;
-// see docs/PERFORMANCE.md for their numbers and commits.
+// combine). Measured and removed, none faster (docs/PERFORMANCE.md has their numbers and
+// commits): v1 (redundant Q K^T), v2 (v3 without the producer warpgroup), v4 (P V(n) + Q K^T(n+1)
+// back to back), v5 and v7 "seesaw" (blocks alternating between the warpgroups; v7 in 7fc89c7),
+// v8 "small" (transposed products for <= 32 query rows; fab1846), a 2-CTA cluster with TMA
+// multicast, and a plain cluster launch of a part's row tiles (run 14).
 enum class KernelKind { kDSplit, kTSplit, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
