@@ -181,8 +181,11 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
   }
   if (err != cudaSuccess) return err;
-  const dim3 cgrid(s.batch, (rows + 7) / 8);
-  return launch_pdl(combine_kernel<Elem>, cgrid, dim3(256), 0, stream, p);
+  // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,
+  // run 23: one sequence over 66 parts 8% faster; many short splits are faster with 1)
+  if (w.num_parts >= 4 * s.batch)
+    return launch_pdl(combine_kernel<Elem, 4>, dim3(s.batch, (rows * 4 + 7) / 8), dim3(256), 0, stream, p);
+  return launch_pdl(combine_kernel<Elem, 1>, dim3(s.batch, (rows + 7) / 8), dim3(256), 0, stream, p);
 }
 
 }  // namespace
