@@ -113,6 +113,12 @@ cudaError_t launch_pdl(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaSt
   return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
+// The split combine with kQ warps a row: grid (batch, ceil(rows * kQ / 8)) of 8-warp CTAs.
+template <typename Elem, int kQ>
+cudaError_t launch_combine(int batch, int rows, cudaStream_t stream, const Params& p) {
+  return launch_pdl(combine_kernel<Elem, kQ>, dim3(batch, (rows * kQ + 7) / 8), dim3(256), 0, stream, p);
+}
+
 template <typename Elem>
 cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLayout& w, const Meta& meta,
                        bool reuse_schedule, cudaStream_t stream) {
@@ -183,9 +189,8 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   if (err != cudaSuccess) return err;
   // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,
   // run 23: one sequence over 66 parts 8% faster; many short splits are faster with 1)
-  if (w.num_parts >= 4 * s.batch)
-    return launch_pdl(combine_kernel<Elem, 4>, dim3(s.batch, (rows * 4 + 7) / 8), dim3(256), 0, stream, p);
-  return launch_pdl(combine_kernel<Elem, 1>, dim3(s.batch, (rows + 7) / 8), dim3(256), 0, stream, p);
+  return w.num_parts >= 4 * s.batch ? launch_combine<Elem, 4>(s.batch, rows, stream, p)
+                                    : launch_combine<Elem, 1>(s.batch, rows, stream, p);
 }
 
 }  // namespace
