@@ -32,6 +32,7 @@
 
 #include "combine.cuh"
 #include "decode_layout.cuh"
+#include "decode_seesaw.cuh"
 #include "decode_simple.cuh"
 #include "decode_wgmma.cuh"
 #include "distmla/kernels/decode.h"
@@ -69,12 +70,13 @@ EncodeTiledFn get_encode_fn() {
 // back to back), v5 and v7 "seesaw" (blocks alternating between the warpgroups; v7 in 7fc89c7),
 // v8 "small" (transposed products for <= 32 query rows; fab1846), a 2-CTA cluster with TMA
 // multicast, and a plain cluster launch of a part's row tiles (run 14).
-enum class KernelKind { kDSplit, kTSplit, kSimple };
+enum class KernelKind { kDSplit, kTSplit, kSeesaw, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
     if (e != nullptr && std::strcmp(e, "tsplit") == 0) return KernelKind::kTSplit;
+    if (e != nullptr && std::strcmp(e, "seesaw") == 0) return KernelKind::kSeesaw;
     return KernelKind::kDSplit;
   }();
   return k;
@@ -94,6 +96,8 @@ cudaError_t ensure_smem_attr() {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
     if (err != cudaSuccess) return err;
   }
+  err = cudaFuncSetAttribute(decode_seesaw_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSeesawSmemBytes);
+  if (err != cudaSuccess) return err;
   if (dev >= 0 && dev < 64) done[dev] = true;
   return cudaSuccess;
 }
@@ -152,6 +156,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   p.causal = s.causal ? 1 : 0;
   p.out_fp32 = s.out_type == ElemType::kFP32 ? 1 : 0;
   p.num_parts = w.num_parts;
+  p.l2_prefetch = [] { const char* e = std::getenv("DISTMLA_SEESAW_PREFETCH"); return e != nullptr && e[0] == '1'; }() ? 1 : 0;
   p.scale_log2 = s.scale * 1.4426950408889634f;
   p.num_slices = t.slices.num_slices;
   p.max_slice = t.slices.max_slice > 0 ? t.slices.max_slice : s.h_q;
@@ -183,8 +188,13 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
-    auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
-    err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
+    if (kind == KernelKind::kSeesaw) {
+      err = launch_pdl(decode_seesaw_kernel<Elem>, grid, dim3(kSeesawThreads), static_cast<size_t>(kSeesawSmemBytes),
+                       stream, map, p);
+    } else {
+      auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
+      err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
+    }
   }
   if (err != cudaSuccess) return err;
   // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,
