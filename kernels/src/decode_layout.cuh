@@ -117,7 +117,6 @@ struct Params {
   Meta meta;
   int batch, s_q, h_q, rows, page_size, num_blocks, max_blocks_per_seq;
   int causal, out_fp32, num_parts;
-  int l2_prefetch;   // seesaw: fetch the pages of the pair after next into L2
   float scale_log2;  // scale * log2(e)
   // Output head slices (kernels::OutSlices; one slice of h_q heads is the plain layout).
   int num_slices, max_slice, slice_base, slice_rem;  // base = h_q / num_slices, rem = h_q % num_slices

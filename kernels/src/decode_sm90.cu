@@ -32,7 +32,6 @@
 
 #include "combine.cuh"
 #include "decode_layout.cuh"
-#include "decode_seesaw.cuh"
 #include "decode_simple.cuh"
 #include "decode_wgmma.cuh"
 #include "distmla/kernels/decode.h"
@@ -67,16 +66,16 @@ EncodeTiledFn get_encode_fn() {
 // DISTMLA_DECODE_KERNEL = dsplit (default) | tsplit | simple (CUDA cores, same schedule and
 // combine). Measured and removed, none faster (docs/PERFORMANCE.md has their numbers and
 // commits): v1 (redundant Q K^T), v2 (v3 without the producer warpgroup), v4 (P V(n) + Q K^T(n+1)
-// back to back), v5 and v7 "seesaw" (blocks alternating between the warpgroups; v7 in 7fc89c7),
+// back to back), v5, v7 and v9 "seesaw" (blocks alternating between the warpgroups; v7 in 7fc89c7,
+// v9 after FlashMLA's schedule in dfcd493),
 // v8 "small" (transposed products for <= 32 query rows; fab1846), a 2-CTA cluster with TMA
 // multicast, and a plain cluster launch of a part's row tiles (run 14).
-enum class KernelKind { kDSplit, kTSplit, kSeesaw, kSimple };
+enum class KernelKind { kDSplit, kTSplit, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
     if (e != nullptr && std::strcmp(e, "tsplit") == 0) return KernelKind::kTSplit;
-    if (e != nullptr && std::strcmp(e, "seesaw") == 0) return KernelKind::kSeesaw;
     return KernelKind::kDSplit;
   }();
   return k;
@@ -96,8 +95,6 @@ cudaError_t ensure_smem_attr() {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
     if (err != cudaSuccess) return err;
   }
-  err = cudaFuncSetAttribute(decode_seesaw_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSeesawSmemBytes);
-  if (err != cudaSuccess) return err;
   if (dev >= 0 && dev < 64) done[dev] = true;
   return cudaSuccess;
 }
@@ -156,7 +153,6 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   p.causal = s.causal ? 1 : 0;
   p.out_fp32 = s.out_type == ElemType::kFP32 ? 1 : 0;
   p.num_parts = w.num_parts;
-  p.l2_prefetch = [] { const char* e = std::getenv("DISTMLA_SEESAW_PREFETCH"); return e != nullptr && e[0] == '1'; }() ? 1 : 0;
   p.scale_log2 = s.scale * 1.4426950408889634f;
   p.num_slices = t.slices.num_slices;
   p.max_slice = t.slices.max_slice > 0 ? t.slices.max_slice : s.h_q;
@@ -188,13 +184,8 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
-    if (kind == KernelKind::kSeesaw) {
-      err = launch_pdl(decode_seesaw_kernel<Elem>, grid, dim3(kSeesawThreads), static_cast<size_t>(kSeesawSmemBytes),
-                       stream, map, p);
-    } else {
-      auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
-      err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
-    }
+    auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
+    err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
   }
   if (err != cudaSuccess) return err;
   // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,

@@ -58,21 +58,6 @@ __device__ __forceinline__ void wgmma_commit() {
 __device__ __forceinline__ void wgmma_wait0() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
-__device__ __forceinline__ void wgmma_wait1() {
-  asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-}
-// mbarrier wait whose loop condition is warp-uniform: between wgmma groups, a plain try_wait
-// loop is a divergent path to ptxas, which then serialises every wgmma of the kernel (C7520).
-__device__ __forceinline__ void mbar_wait_uniform(uint32_t bar, uint32_t parity) {
-  uint32_t done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!__all_sync(0xffffffffu, done));
-}
 template <int N>
 __device__ __forceinline__ void reg_fence(float (&r)[N]) {
 #pragma unroll
@@ -103,14 +88,11 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ void qk64(float (&d)[32], uint64_t da, uint64_t db, int sd) {
     detail::wgmma_m64n64k16_ss_bf16(d, da, db, sd);
   }
-  static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db, int sd = 1) {
-    detail::wgmma_m64n64k16_rs_bf16(d, a, db, sd);
+  static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+    detail::wgmma_m64n64k16_rs_bf16(d, a, db, 1);
   }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_bf16_tb(d, da, db, 1);
-  }
-  static __device__ __forceinline__ void pv_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
-    detail::wgmma_m64n256k16_rs_bf16_tb(d, a, db, 1);
   }
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __uint_as_float(static_cast<uint32_t>(h) << 16);
@@ -128,14 +110,11 @@ struct ElemTraits<__half> {
   static __device__ __forceinline__ void qk64(float (&d)[32], uint64_t da, uint64_t db, int sd) {
     detail::wgmma_m64n64k16_ss_f16(d, da, db, sd);
   }
-  static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db, int sd = 1) {
-    detail::wgmma_m64n64k16_rs_f16(d, a, db, sd);
+  static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+    detail::wgmma_m64n64k16_rs_f16(d, a, db, 1);
   }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_f16_tb(d, da, db, 1);
-  }
-  static __device__ __forceinline__ void pv_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
-    detail::wgmma_m64n256k16_rs_f16_tb(d, a, db, 1);
   }
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __half2float(__ushort_as_half(h));
