@@ -129,10 +129,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   cudaError_t err;
   const KernelKind kind = kernel_kind();
   if (!reuse_schedule) {
-    // Fewer parts to avoid splits only pays with several row tiles: each split then writes and
-    // combines >= 128 rows of fp32 partials (docs/PERFORMANCE.md, run 10).
-    schedule_kernel<<<1, kSchedThreads, 0, stream>>>(t.seqlens, meta, s.batch, max_len, w.num_parts,
-                                                     tiles >= 2 ? kMaxPartCandidates : 1);
+    schedule_kernel<<<1, kSchedThreads, 0, stream>>>(t.seqlens, meta, s.batch, max_len, w.num_parts);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

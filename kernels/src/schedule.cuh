@@ -11,11 +11,20 @@ namespace distmla::kernels::detail {
 constexpr int kSchedThreads = 1024;
 constexpr int kMaxPartCandidates = 8;  // part counts tried below num_parts
 constexpr int kSplitCost = kSeqOverhead;  // a split's cost to its parts, in blocks
-constexpr int kSchedSmemSeqs = 2048;      // batches up to this size search in smem
+
+// floor(x / d) for x >= 0, d >= 1: below 2^24 through the fp32 reciprocal with a one-step
+// fix-up (an integer division is a ~20-instruction dependent sequence).
+__device__ __forceinline__ int floor_div(int x, int d) {
+  if (x >= (1 << 24)) return x / d;
+  int q = __float2int_rz(__int2float_rn(x) * __frcp_rn(__int2float_rn(d)));
+  if (q * d > x) --q;
+  else if ((q + 1) * d <= x) ++q;
+  return q;
+}
 
 __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* __restrict__ seqlens,
                                                                  Meta m, int batch, int max_len,
-                                                                 int num_parts, int max_candidates) {
+                                                                 int num_parts) {
   pdl_launch_dependents();
   using Scan = cub::BlockScan<int, kSchedThreads>;
   __shared__ typename Scan::TempStorage tmp;
@@ -23,24 +32,34 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
   __shared__ int s_w;
   __shared__ int s_parts;
   __shared__ int s_splits[kMaxPartCandidates];
-  __shared__ int s_ustart[kSchedSmemSeqs];
+  __shared__ int s_wc[kMaxPartCandidates];
+  __shared__ int s_begin[kMaxParts], s_end[kMaxParts];  // each part's sequence range
   const int tid = threadIdx.x;
   if (tid == 0) s_carry = 0;
+  for (int p = tid; p < num_parts; p += kSchedThreads) {
+    s_begin[p] = 0x7fffffff;
+    s_end[p] = 0;
+  }
   __syncthreads();
-  // pass 1: lengths, blocks, unit starts
+  // pass 1: lengths, blocks, unit starts (those of sequence tid also kept in registers)
+  int my_us = 0, my_nb = 0;
   for (int base = 0; base < batch; base += kSchedThreads) {
     int i = base + tid;
-    int units = 0;
+    int units = 0, nblk = 0;
     if (i < batch) {
       int L = seqlens[i];
       L = L < 0 ? 0 : (L > max_len ? max_len : L);
-      int nblk = (L + kBlockN - 1) / kBlockN;
+      nblk = (L + kBlockN - 1) / kBlockN;
       m.seq_len[i] = L;
       m.seq_nblk[i] = nblk;
       units = nblk + kSeqOverhead;
     }
     int excl, agg;
     Scan(tmp).ExclusiveSum(units, excl, agg);
+    if (base == 0) {
+      my_us = s_carry + excl;
+      my_nb = nblk;
+    }
     if (i < batch) m.seq_ustart[i] = s_carry + excl;
     __syncthreads();
     if (tid == 0) s_carry += agg;
@@ -50,40 +69,35 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
   // sequences. A cut inside a sequence costs a split (fp32 partials out and back through the
   // combine); the busiest part decides the kernel's time. Cost of P' parts: W' = ceil(total /
   // P') units per part, plus kSplitCost when some cut splits a sequence. For 128 sequences of
-  // 18 units over 66 parts: 66 parts cost 35 + 2, 64 parts cost 36 with no split at all.
+  // 18 units over 66 parts: 66 parts cost 35 + 2, 64 parts cost 36 with no split at all; for 128
+  // sequences of 34 units over 132 parts (one row tile): 33 + 2 against 34 on 128 parts.
   const int total = s_carry;
-  // P' = num_parts - k, k < ncand; a single candidate (the caller's choice where splits are
-  // cheap, i.e. one row tile) skips the search and its ~2 us.
-  const int ncand = min(min(num_parts, max_candidates), kMaxPartCandidates);
-  if (tid < kMaxPartCandidates) s_splits[tid] = 0;
-  // unit starts staged in smem (when they fit) for the binary searches below
-  const bool staged = ncand > 1 && batch <= kSchedSmemSeqs;
-  if (staged)
-    for (int i = tid; i < batch; i += kSchedThreads) s_ustart[i] = m.seq_ustart[i];
+  // P' = num_parts - k, k < ncand. A cut x splits sequence i when us_i < x < us_i + nblk_i
+  // (a cut among its overhead units splits no blocks), so sequence i is split by P' parts when a
+  // multiple of W' lies in [us_i + 1, us_i + nblk_i - 1]: one floor_div a sequence and candidate.
+  // The search costs ~1.2 us of the kernel's ~5 (run 25).
+  const int ncand = min(num_parts, kMaxPartCandidates);
+  if (tid < ncand) {
+    const int pc = num_parts - tid;
+    s_wc[tid] = max((total + pc - 1) / pc, 1);
+    s_splits[tid] = 0;
+  }
   __syncthreads();
-  const int* ustart = staged ? s_ustart : m.seq_ustart;
-  for (int idx = tid; ncand > 1 && idx < ncand * num_parts; idx += kSchedThreads) {  // (k, cut q)
-    const int k = idx / num_parts, q = idx % num_parts;
-    const int pc = num_parts - k;
-    const int wc = max((total + pc - 1) / pc, 1);
-    const int x = q * wc;
-    if (q == 0 || q >= pc || x >= total) continue;
-    int lo = 0, hi = batch - 1;  // last sequence starting at or before x
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) >> 1;
-      if (ustart[mid] <= x) lo = mid; else hi = mid - 1;
+  for (int i = tid; ncand > 1 && i < batch; i += kSchedThreads) {
+    const int us = i == tid ? my_us : m.seq_ustart[i], nb = i == tid ? my_nb : m.seq_nblk[i];
+    if (nb < 2) continue;
+    for (int k = 0; k < ncand; ++k) {
+      // split iff the first multiple of wc above us is below us + nb (exact: floor_div)
+      const int wc = s_wc[k];
+      if ((floor_div(us, wc) + 1) * wc < us + nb) s_splits[k] = 1;  // benign race: only "> 0" matters
     }
-    const int us = ustart[lo];
-    if (x > us && x < us + max(m.seq_nblk[lo], 1)) atomicAdd(&s_splits[k], 1);
   }
   __syncthreads();
   if (tid == 0) {
     int best = num_parts, best_cost = 0x7fffffff;
     for (int k = 0; k < ncand; ++k) {
-      const int pc = num_parts - k;
-      const int wc = max((total + pc - 1) / pc, 1);
-      const int cost = wc + (s_splits[k] > 0 ? kSplitCost : 0);
-      if (cost < best_cost) { best_cost = cost; best = pc; }  // ties keep more parts
+      const int cost = s_wc[k] + (s_splits[k] > 0 ? kSplitCost : 0);
+      if (cost < best_cost) { best_cost = cost; best = num_parts - k; }  // ties keep more parts
     }
     s_parts = best;
     s_w = max((total + best - 1) / best, 1);
@@ -100,13 +114,17 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
     int i = base + tid;
     int ns = 0;
     if (i < batch) {
-      int us = m.seq_ustart[i];
-      int nb = max(m.seq_nblk[i], 1);
+      int us = base == 0 ? my_us : m.seq_ustart[i];
+      int nb = max(base == 0 ? my_nb : m.seq_nblk[i], 1);
       int pf = us / W;
       int pl = (us + nb - 1) / W;
       m.seq_first_part[i] = pf;
       ns = pl - pf + 1;
       m.seq_nsplit[i] = ns;
+      for (int q = pf; q <= pl; ++q) {  // sequence i is in the ranges of parts pf..pl
+        atomicMin(&s_begin[q], i);
+        atomicMax(&s_end[q], i + 1);
+      }
     }
     int excl, agg;
     Scan(tmp).ExclusiveSum(ns, excl, agg);
@@ -116,29 +134,14 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
     __syncthreads();
   }
   if (tid == 0) m.hdr[2] = s_carry;
-  __syncthreads();  // global writes above visible to the block
-  // pass 3: sequence range of each part (first i with last_part >= p, first i with first_part > p)
+  __syncthreads();
+  // pass 3: sequence range of each part, scattered by pass 2 (run 25: a binary search over the
+  // global arrays per part was ~3 us of dependent loads). A part that no sequence reaches (none
+  // past the chosen parts; grid.x stays num_parts, those CTAs exit at once) gets [0, 0).
   for (int p = tid; p < num_parts; p += kSchedThreads) {
-    if (p >= parts) {  // grid.x stays num_parts: the CTAs past the chosen parts exit at once
-      m.part_begin[p] = 0;
-      m.part_end[p] = 0;
-      continue;
-    }
-    int lo = 0, hi = batch;
-    while (lo < hi) {
-      int mid = (lo + hi) >> 1;
-      int pl = m.seq_first_part[mid] + m.seq_nsplit[mid] - 1;
-      if (pl >= p) hi = mid; else lo = mid + 1;
-    }
-    int begin = lo;
-    lo = begin;
-    hi = batch;
-    while (lo < hi) {
-      int mid = (lo + hi) >> 1;
-      if (m.seq_first_part[mid] > p) hi = mid; else lo = mid + 1;
-    }
-    m.part_begin[p] = begin;
-    m.part_end[p] = lo;
+    const bool any = p < parts && s_begin[p] < s_end[p];
+    m.part_begin[p] = any ? s_begin[p] : 0;
+    m.part_end[p] = any ? s_end[p] : 0;
   }
 }
 

@@ -238,6 +238,12 @@ TEST(GpuDecode, UniformBatchWholeSequenceParts) {
   SKIP_WITHOUT_SM90();
   run_case({128, 1, 128, 64, 1024, false});
 }
+// The same search at one row tile: 128 sequences of 2048 tokens at h_q 16 take 128 parts of one
+// whole sequence each instead of 132 parts that split them all.
+TEST(GpuDecode, UniformBatchOneTileWholeSequenceParts) {
+  SKIP_WITHOUT_SM90();
+  run_case({128, 1, 16, 64, 2048, false});
+}
 
 // Graph capture + replay, and reuse_schedule, give the same bits as a direct run.
 TEST(GpuDecode, GraphReplayAndReuseSchedule) {
