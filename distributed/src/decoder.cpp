@@ -199,6 +199,11 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
     off += align_up(combine_host_scratch_bytes(std::max(cfg.cp, 2)));
   }
   m.total = off;
+  if (m.device && cfg.cp > 1 && m.mode == MergeMode::kAllToAll) {
+    size_t most = 0;  // a peer communicator sets up its mailboxes now, before any capture
+    for (const DecoderSlice& sl : m.slices) most = std::max(most, sl.part_bytes);
+    throw_if_error(m.cp_comm->reserve(most));
+  }
 
   // Overlap: the side stream outranks the decode so its few NCCL/combine blocks are scheduled
   // as soon as SMs free up instead of queueing behind the next slice's attention.

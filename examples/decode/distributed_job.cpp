@@ -23,6 +23,7 @@
 #include "distmla/dist/decoder.h"
 #include "distmla/dist/mpi_communicator.h"
 #include "distmla/dist/nccl_communicator.h"
+#include "distmla/dist/peer_communicator.h"
 #include "distmla/dist/shard_data.h"
 #include "distmla/dist/store_communicator.h"
 #include "distmla/dist/tcp_store.h"
@@ -136,6 +137,7 @@ int run(const JobOptions& opt) {
     DJ_CUDA(cudaSetDevice(device));
     comm = L.mpi ? make_nccl_communicator_mpi(MPI_COMM_WORLD, device, copt)
                  : make_nccl_communicator_store(*L.store, "nccl_id", L.rank, L.world, device, copt);
+    if (opt.peer) comm = make_peer_communicator(std::move(comm), device, copt);  // CP all-to-all over IPC
   } else {
     comm = L.mpi ? make_mpi_communicator(MPI_COMM_WORLD, copt) : make_store_communicator(*L.store, L.rank, L.world, copt);
   }
@@ -287,10 +289,11 @@ int run(const JobOptions& opt) {
       cudaGetDeviceProperties(&prop, device);
       devname = prop.name;
     }
-    std::printf("# distmla_decode distributed: %d ranks (%s, %s backend, %s), page %d, varlen %d, causal %d, "
-                "seed %llu, %d warm-up + %d timed steps (median, slowest rank); exchange and merge inside the "
-                "step time; attn/exchange/merge us: exposed time of each phase (k sub-batches: the last one's)%s\n",
-                L.world, comm->backend_name(), gpus ? "cuda" : "cpu", devname.c_str(), g.page_size,
+    std::printf("# distmla_decode distributed: %d ranks (%s; CP exchange: %s; %s backend, %s), page %d, varlen %d, "
+                "causal %d, seed %llu, %d warm-up + %d timed steps (median, slowest rank); exchange and merge inside "
+                "the step time; attn/exchange/merge us: exposed time of each phase (k sub-batches: the last one's)%s\n",
+                L.world, comm->backend_name(), dec.cp_group().backend_name(), gpus ? "cuda" : "cpu", devname.c_str(),
+                g.page_size,
                 opt.varlen ? 1 : 0, opt.causal ? 1 : 0, static_cast<unsigned long long>(opt.seed), opt.warmup,
                 opt.iters, opt.reuse_schedule ? "; -r 1: split schedule reused (a layer after the first)" : "");
     const bool xbench = xm > 0;

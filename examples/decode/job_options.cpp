@@ -73,7 +73,7 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
                                       "-c", "--check", "--varlen", "--causal", "--seed", "--backend",
                                       "-t", "--tp", "-x", "--cp", "-m", "--merge", "--store",
                                       "--rank", "--world", "-k", "--sub-batches", "-G",
-                                      "--graph-iters", "-r", "--reuse-schedule"};
+                                      "--graph-iters", "-r", "--reuse-schedule", "-P", "--peer"};
         bool is_known = false;
         for (const char* k : known) is_known |= flag == k;
         if (!is_known) *err = "unknown flag " + flag + " (see --help)";
@@ -102,6 +102,8 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
       ok = int_in(flag, val, 0, kIntMax, "warm-up iterations must be >= 0", &opt->warmup, err);
     } else if (flag == "-c" || flag == "--check") {
       ok = bool01(flag, val, &opt->check, err);
+    } else if (flag == "-P" || flag == "--peer") {
+      ok = bool01(flag, val, &opt->peer, err);
     } else if (flag == "--varlen") {
       ok = bool01(flag, val, &opt->varlen, err);
     } else if (flag == "--causal") {
@@ -200,6 +202,8 @@ void print_job_usage(const char* argv0) {
       "                      same bytes, each graph-replayed N times (GPUs, cp > 1; default 0: off)\n"
       "  -r, --reuse-schedule 0|1  time a layer after the first of a step: the timed runs reuse\n"
       "                      the split schedule the warm-up computed (default 0)\n"
+      "  -P, --peer 0|1      GPUs: the CP all-to-all through CUDA IPC mailboxes, one kernel instead\n"
+      "                      of NCCL; -G's bare column then times that path (default 0)\n"
       "      --store H:P     TCP store bootstrap instead of MPI (with --rank, --world)\n"
       "      --rank N        this process's rank (TCP store bootstrap)\n"
       "      --world N       number of processes (TCP store bootstrap)\n"

@@ -32,6 +32,7 @@ struct JobOptions {
   int sub_batches = 0;             // -k  DecoderConfig::sub_batches (0: automatic)
   int graph_iters = 0;             // -G  graph-replayed exchange + merge vs bare collective (0: off)
   bool reuse_schedule = false;     // -r  timed runs reuse the warm-up's split schedule (per layer)
+  bool peer = false;               // -P  CP all-to-all through CUDA IPC mailboxes (GPUs)
 };
 
 // Returns false with *err set (naming the flag and the value) on bad input; sets *help on --help.

@@ -1,6 +1,6 @@
 #!/bin/bash
-# The distributed layer's GPU run (2 GPUs, one process each): NCCL multi-rank tests, then
-# distmla_decode over TP x CP layouts; logs under $OUT. Run from the repository root with the
+# The distributed layer's GPU run (2 GPUs, one process each): NCCL and peer-communicator
+# multi-rank tests, then distmla_decode over TP x CP layouts; logs under $OUT. Run from the repository root with the
 # build in build-dist (build-dist/rt may hold carried runtime libraries: cudart, Open MPI).
 # Uses mpirun when the machine has it, else N processes bootstrapped through the TCP store.
 set -u
@@ -27,6 +27,8 @@ if mpirun --version 2>/dev/null | grep -q "Open MPI) 4\."; then
   MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH"
   timeout 150 $MPI $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests.log" 2>&1
   echo "nccl_tests (mpirun) rc=$?" >> "$G"
+  timeout 120 $MPI $B/tests/mpi/distmla_peer_tests --gtest_color=no > "$OUT/peer_tests.log" 2>&1
+  echo "peer_tests (mpirun) rc=$?" >> "$G"
   dist() { timeout 90 $MPI $D "$@"; }
 else
   # No MPI here: two processes through the TCP store (rank 0 hosts it).
@@ -63,8 +65,12 @@ for r in 0 1; do
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
     run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r
     run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G
+    # the CP all-to-all through CUDA IPC mailboxes (-P 1; its bare column times that path, so
+    # compare its x+m with the NCCL row's bare)
+    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G -P 1
   done
 done
+run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2 -P 1
 run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2
 run timeout 60 $D -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
 for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k $k $G; done

@@ -1,6 +1,7 @@
 // NCCL path on GPUs, one process per GPU under mpirun: communicator calls on device buffers,
 // the three bootstraps, and the distributed decode (CUDA backend, GPU cross-rank combine)
-// against the double reference, also replayed from a CUDA graph. Skips with < 2 GPUs.
+// against the double reference, also replayed from a CUDA graph, with NCCL and with the peer
+// communicator's all-to-all on top of it. Skips with < 2 GPUs.
 // Launch: mpirun -np 2 distmla_nccl_tests, or without MPI 2 processes with
 // DISTMLA_TEST_STORE=host:port DISTMLA_TEST_RANK=r DISTMLA_TEST_WORLD=2 (rank 0 hosts the store).
 #include <cuda_runtime_api.h>
@@ -22,6 +23,7 @@
 #include "distmla/dist/decoder.h"
 #include "distmla/dist/nccl_communicator.h"
 #include "distmla/dist/mpi_communicator.h"
+#include "distmla/dist/peer_communicator.h"
 #include "distmla/dist/shard_data.h"
 #include "distmla/dist/store_communicator.h"
 #include "distmla/dist/tcp_store.h"
@@ -147,10 +149,9 @@ TEST(NcclComm, BootstrapFromStoreAndFromId) {
   ASSERT_EQ(g_host->barrier(), dmlaSuccess);  // the server outlives every client
 }
 
-TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
-  REQUIRE_GPUS();
-  if (!kernels::device_supported(my_device())) GTEST_SKIP() << "no sm_90 kernel for this device";
-  auto comm = make_world_nccl();
+namespace {
+// The distributed decode over comm, every layout of the world, eager and graph-replayed.
+void check_decode(std::unique_ptr<Communicator> comm) {
   cudaStream_t st;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   for (int s_q : {1, 2, 4}) {
@@ -229,6 +230,20 @@ TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
       }
   }
   cudaStreamDestroy(st);
+}
+}  // namespace
+
+TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
+  REQUIRE_GPUS();
+  if (!kernels::device_supported(my_device())) GTEST_SKIP() << "no sm_90 kernel for this device";
+  check_decode(make_world_nccl());
+}
+
+// The same with the CP all-to-all through CUDA IPC mailboxes (peer_communicator.h).
+TEST(PeerDecode, MatchesReferenceAndGraphReplay) {
+  REQUIRE_GPUS();
+  if (!kernels::device_supported(my_device())) GTEST_SKIP() << "no sm_90 kernel for this device";
+  check_decode(make_peer_communicator(make_world_nccl(), my_device(), CommOptions{30000}));
 }
 
 int main(int argc, char** argv) {

@@ -46,6 +46,13 @@ class Communicator {
   // Host communicators return at once.
   virtual dmlaResult_t wait(void* stream) = 0;
 
+  // Collective, before any all_to_all of up to bytes a peer is captured or timed: lets a
+  // communicator set up its buffers (the peer communicator's mailboxes). No-op by default.
+  virtual dmlaResult_t reserve(size_t bytes) {
+    (void)bytes;
+    return dmlaSuccess;
+  }
+
   // Sub-group of the ranks that pass the same color, ordered by key (collective; every rank
   // calls it). Throws distmla::Error on failure.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;

@@ -1,0 +1,230 @@
+// Peer all-to-all over CUDA IPC mailboxes; the rest delegated to the wrapped communicator.
+#include "distmla/dist/peer_communicator.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "deadline_poll.h"
+#include "distmla/kernels/peer_exchange.h"
+
+namespace distmla::dist {
+namespace {
+
+// Restores the caller's current device on scope exit.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    cudaGetDevice(&prev_);
+    if (device != prev_) cudaSetDevice(device);
+  }
+  ~DeviceGuard() { cudaSetDevice(prev_); }
+
+ private:
+  int prev_ = 0;
+};
+
+class PeerCommunicator final : public Communicator {
+ public:
+  PeerCommunicator(std::unique_ptr<Communicator> base, int device, const CommOptions& opt)
+      : base_(std::move(base)), device_(device), opt_(opt) {
+    if (!base_) DMLA_DIST_FAIL(dmlaErrorNullPointer, "make_peer_communicator: base is null");
+    if (opt_.timeout_ms <= 0)
+      DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "CommOptions::timeout_ms = " + std::to_string(opt_.timeout_ms));
+    name_ = std::string("peer+") + base_->backend_name();
+    DeviceGuard g(device_);
+    DMLA_DIST_CUDA_THROW(cudaHostAlloc(reinterpret_cast<void**>(&err_host_), sizeof(unsigned), cudaHostAllocMapped));
+    *err_host_ = 0;
+    DMLA_DIST_CUDA_THROW(cudaHostGetDevicePointer(reinterpret_cast<void**>(&err_dev_), err_host_, 0));
+  }
+  ~PeerCommunicator() override {
+    release();
+    if (err_host_) cudaFreeHost(err_host_);
+  }
+
+  int rank() const override { return base_->rank(); }
+  int size() const override { return base_->size(); }
+  MemSpace memory() const override { return base_->memory(); }
+  const char* backend_name() const override { return name_.c_str(); }
+
+  dmlaResult_t all_gather(const void* send, void* recv, size_t bytes, void* stream) override {
+    return base_->all_gather(send, recv, bytes, stream);
+  }
+  dmlaResult_t broadcast(void* buf, size_t bytes, int root, void* stream) override {
+    return base_->broadcast(buf, bytes, root, stream);
+  }
+  dmlaResult_t barrier() override { return base_->barrier(); }
+  dmlaResult_t agree(const uint8_t* ok, uint8_t* all_ok, int n) override { return base_->agree(ok, all_ok, n); }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    return std::make_unique<PeerCommunicator>(base_->split(color, key), device_, opt_);
+  }
+
+  dmlaResult_t all_to_all(const void* send, void* recv, size_t bytes, void* stream) override {
+    if (auto r = failed(); r != dmlaSuccess) return r;
+    const bool aligned = ((reinterpret_cast<uintptr_t>(send) | reinterpret_cast<uintptr_t>(recv)) & 15u) == 0;
+    if (!ready_ || bytes > slot_ || bytes % 16 != 0 || !aligned) {
+      if (base_->memory() != MemSpace::kDevice)
+        return set_error(dmlaErrorInvalidArgument,
+                         "peer all_to_all: bytes = " + std::to_string(bytes) + " (reserved " + std::to_string(slot_) +
+                             ", 16-byte multiples and alignment) cannot take the peer path, and the base " +
+                             "communicator (" + base_->backend_name() + ") works on host buffers");
+      return base_->all_to_all(send, recv, bytes, stream);
+    }
+    if (bytes > 0 && (!send || !recv)) return set_error(dmlaErrorNullPointer, "peer all_to_all: null buffer");
+    kernels::PeerExchangeArgs a;
+    a.world = size();
+    a.rank = rank();
+    a.send = send;
+    a.recv = recv;
+    a.bytes = bytes;
+    a.slot_bytes = slot_;
+    const size_t cb = kernels::peer_ctrl_bytes(size());
+    for (int p = 0; p < size(); ++p) {
+      a.ctrl[p] = reinterpret_cast<uint64_t*>(mapped_[p]);
+      a.mail[p] = mapped_[p] + cb;
+    }
+    a.error = err_dev_;
+    a.timeout_ns = static_cast<uint64_t>(opt_.timeout_ms) * 1000000ull;
+    DeviceGuard g(device_);
+    DMLA_DIST_CUDA_RET(kernels::peer_all_to_all(a, static_cast<cudaStream_t>(stream)));
+    return dmlaSuccess;
+  }
+
+  dmlaResult_t wait(void* stream) override {
+    if (auto r = failed(); r != dmlaSuccess) return r;
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    cudaError_t q = cudaErrorNotReady;
+    const bool done = detail::poll_until(detail::deadline_after_ms(opt_.timeout_ms), [&] {
+      q = cudaStreamQuery(st);
+      return q != cudaErrorNotReady || error_word() != 0;
+    });
+    if (auto r = failed(); r != dmlaSuccess) return r;
+    if (!done)
+      return set_error(dmlaErrorTimeout, "peer wait: stream not done after " + std::to_string(opt_.timeout_ms) + " ms");
+    if (q != cudaSuccess)
+      return set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": cudaStreamQuery: " + cudaGetErrorString(q));
+    return base_->memory() == MemSpace::kDevice ? base_->wait(stream) : dmlaSuccess;
+  }
+
+  // Collective: (re)creates the mailboxes for up to bytes a peer and maps every peer's. The
+  // ranks agree whether all of them mapped all peers; if not, all_to_all stays on base.
+  dmlaResult_t reserve(size_t bytes) override {
+    if (auto r = failed(); r != dmlaSuccess) return r;
+    bytes = (bytes + 15) & ~size_t(15);
+    if (ready_ && bytes <= slot_) return dmlaSuccess;
+    const int world = size(), me = rank();
+    if (world > kernels::kMaxPeers) return dmlaSuccess;  // base serves (same decision on every rank)
+    DeviceGuard g(device_);
+    if (auto r = release_checked(); r != dmlaSuccess) return r;
+    const size_t cb = kernels::peer_ctrl_bytes(world);
+    DMLA_DIST_CUDA_RET(cudaMalloc(reinterpret_cast<void**>(&mine_), cb + world * bytes));
+    DMLA_DIST_CUDA_RET(cudaMemset(mine_, 0, cb));
+    DMLA_DIST_CUDA_RET(cudaDeviceSynchronize());  // zeroed before any peer can see the handle
+    cudaIpcMemHandle_t h;
+    DMLA_DIST_CUDA_RET(cudaIpcGetMemHandle(&h, mine_));
+    std::vector<cudaIpcMemHandle_t> all(world);
+    if (auto r = gather_handles(h, all.data()); r != dmlaSuccess) return r;
+    mapped_.assign(world, nullptr);
+    mapped_[me] = mine_;
+    uint8_t ok = 1;
+    std::string why;
+    for (int p = 0; p < world; ++p) {
+      if (p == me) continue;
+      void* ptr = nullptr;
+      const cudaError_t e = cudaIpcOpenMemHandle(&ptr, all[p], cudaIpcMemLazyEnablePeerAccess);
+      if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        ok = 0;
+        why = "peer " + std::to_string(p) + ": " + cudaGetErrorString(e);
+        continue;
+      }
+      mapped_[p] = static_cast<char*>(ptr);
+    }
+    uint8_t all_ok = 0;
+    if (auto r = base_->agree(&ok, &all_ok, 1); r != dmlaSuccess) return r;
+    if (!all_ok) {  // stay on base; backend_name() says why
+      name_ = std::string(base_->backend_name()) + " (peer path off: " +
+              (ok ? std::string("another rank could not map its peers") : why) + ")";
+      return release_checked();
+    }
+    name_ = std::string("peer+") + base_->backend_name();
+    slot_ = bytes;
+    ready_ = true;
+    return dmlaSuccess;
+  }
+
+ private:
+  unsigned error_word() const { return *reinterpret_cast<volatile unsigned*>(err_host_); }
+  dmlaResult_t failed() const {
+    const unsigned v = error_word();
+    if (v == 0) return dmlaSuccess;
+    const unsigned peer = v & 0xffu;
+    const bool freeing = (v & 0xff00u) == kernels::kPeerErrFreeTimeout;
+    return set_error(dmlaErrorTimeout, "peer all_to_all: rank " + std::to_string(rank()) + " waited more than " +
+                                           std::to_string(opt_.timeout_ms) + " ms for rank " + std::to_string(peer) +
+                                           (freeing ? " to free its mailbox slot" : " to deliver its chunk") +
+                                           " (the communicator refuses further exchanges)");
+  }
+  // Everything enqueued is done (the kernel's own deadline bounds it), every rank got here, then
+  // the mappings go.
+  dmlaResult_t release_checked() {
+    if (!mine_) return dmlaSuccess;
+    dmlaResult_t r = dmlaSuccess;
+    if (cudaDeviceSynchronize() != cudaSuccess) r = set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": cudaDeviceSynchronize");
+    if (r == dmlaSuccess) r = base_->barrier();
+    for (size_t p = 0; p < mapped_.size(); ++p)
+      if (mapped_[p] && mapped_[p] != mine_) cudaIpcCloseMemHandle(mapped_[p]);
+    mapped_.clear();
+    cudaFree(mine_);
+    mine_ = nullptr;
+    ready_ = false;
+    slot_ = 0;
+    return r;
+  }
+  void release() {
+    DeviceGuard g(device_);
+    (void)release_checked();
+  }
+  // All-gather of the 64-byte IPC handles through base, in its memory space.
+  dmlaResult_t gather_handles(const cudaIpcMemHandle_t& h, cudaIpcMemHandle_t* all) {
+    const size_t n = sizeof(cudaIpcMemHandle_t);
+    if (base_->memory() == MemSpace::kHost) return base_->all_gather(&h, all, n, nullptr);
+    char* d = nullptr;
+    cudaStream_t st = nullptr;
+    DMLA_DIST_CUDA_RET(cudaMalloc(reinterpret_cast<void**>(&d), n * (size() + 1)));
+    dmlaResult_t r = dmlaSuccess;
+    if (cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaMemcpy(d, &h, n, cudaMemcpyHostToDevice) != cudaSuccess)
+      r = set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": staging the IPC handle");
+    if (r == dmlaSuccess) r = base_->all_gather(d, d + n, n, st);
+    if (r == dmlaSuccess) r = base_->wait(st);
+    if (r == dmlaSuccess && cudaMemcpy(all, d + n, n * size(), cudaMemcpyDeviceToHost) != cudaSuccess)
+      r = set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": fetching the IPC handles");
+    if (st) cudaStreamDestroy(st);
+    cudaFree(d);
+    return r;
+  }
+
+  std::unique_ptr<Communicator> base_;
+  int device_ = 0;
+  CommOptions opt_;
+  std::string name_;
+  unsigned* err_host_ = nullptr;  // host-mapped error word of the kernel
+  unsigned* err_dev_ = nullptr;
+  char* mine_ = nullptr;          // control block, then world mailbox slots of slot_ bytes
+  std::vector<char*> mapped_;     // every rank's allocation as mapped here (mine_ at rank())
+  size_t slot_ = 0;
+  bool ready_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_peer_communicator(std::unique_ptr<Communicator> base, int device,
+                                                     const CommOptions& opt) {
+  return std::make_unique<PeerCommunicator>(std::move(base), device, opt);
+}
+
+}  // namespace distmla::dist

@@ -1,0 +1,48 @@
+// All-to-all between the GPUs of a CP group through CUDA IPC mailboxes (dist::PeerCommunicator
+// owns the memory and the bootstrap; this is its kernel). Each rank owns a mailbox of world
+// slots and a control block of 64-bit counters, both mapped into every peer. One call (epoch e):
+//   1. for each peer p: wait until p has consumed this rank's epoch e - 1 chunk (freed[p] >= e - 1,
+//      written here by p), copy send chunk p into p's mailbox slot `rank`, then add 1 a CTA to
+//      p's arrived[rank] (release, system scope);
+//   2. for each peer s: wait until arrived[s] >= e * kPeerCtas (acquire), copy mailbox slot s to
+//      recv chunk s;
+//   3. the last CTA to finish stores e into every peer's freed[rank] and into the local epoch.
+// The counters only grow, so a call captured in a CUDA graph stays valid over replays. Every
+// wait has a deadline (%globaltimer); a missed one writes the host-mapped error word and the
+// kernel returns (the communicator reports it and is unusable after).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace distmla::kernels {
+
+constexpr int kMaxPeers = 8;
+constexpr int kPeerCtas = 32;  // fixed: the arrival counts assume it on both sides
+
+// Control block of a world-rank group: arrived[world], freed[world], done (CTA count), epoch.
+inline size_t peer_ctrl_bytes(int world) { return (static_cast<size_t>(2 * world + 2) * 8 + 255) & ~size_t(255); }
+
+// Error word: 0, or kind | peer (the first failure; later calls return at once).
+enum : unsigned { kPeerErrFreeTimeout = 0x100, kPeerErrArriveTimeout = 0x200 };
+
+struct PeerExchangeArgs {
+  int world = 1;
+  int rank = 0;
+  const void* send = nullptr;  // world chunks of bytes; chunk p goes to rank p
+  void* recv = nullptr;        // world chunks of bytes; chunk s came from rank s
+  size_t bytes = 0;            // a multiple of 16; send, recv 16-byte aligned
+  void* mail[kMaxPeers] = {};  // rank p's mailbox (mapped here): slot s at mail[p] + s * slot_bytes
+  size_t slot_bytes = 0;
+  uint64_t* ctrl[kMaxPeers] = {};  // rank p's control block (mapped here)
+  unsigned* error = nullptr;       // host-mapped
+  uint64_t timeout_ns = 0;
+};
+
+// Launches the exchange on stream (never synchronises; graph-capturable). cudaErrorInvalidValue
+// when world, rank, bytes or the pointers are out of range, before anything is launched.
+cudaError_t peer_all_to_all(const PeerExchangeArgs& a, cudaStream_t stream);
+
+}  // namespace distmla::kernels

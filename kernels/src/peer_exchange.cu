@@ -1,0 +1,120 @@
+// The kernel of kernels/peer_exchange.h (the protocol is described there).
+#include "distmla/kernels/peer_exchange.h"
+
+#include <cstdint>
+
+namespace distmla::kernels {
+namespace {
+
+constexpr int kThreads = 512;
+
+__device__ __forceinline__ uint64_t ld_acquire_sys(const uint64_t* p) {
+  uint64_t v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];\n" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void red_add_release_sys(uint64_t* p, uint64_t v) {
+  asm volatile("red.release.sys.global.add.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ void st_release_sys(uint64_t* p, uint64_t v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ uint64_t now_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+
+// Thread 0 waits until *p >= target; false (and the error word set) past the deadline.
+__device__ bool wait_ge(const uint64_t* p, uint64_t target, uint64_t deadline, unsigned* err, unsigned code) {
+  __shared__ int ok;
+  if (threadIdx.x == 0) {
+    int r = 1;
+    while (ld_acquire_sys(p) < target) {
+      volatile unsigned* ve = err;
+      if (*ve != 0) {  // another CTA already failed
+        r = 0;
+        break;
+      }
+      if (now_ns() > deadline) {
+        *ve = code;
+        r = 0;
+        break;
+      }
+    }
+    ok = r;
+  }
+  __syncthreads();
+  const int r = ok;
+  __syncthreads();
+  return r != 0;
+}
+
+// This CTA's share of an n16-vector copy. Mailbox reads bypass L1 (written by another GPU).
+template <bool kFromMail>
+__device__ __forceinline__ void copy_share(void* dst, const void* src, size_t n16) {
+  const size_t per = (n16 + gridDim.x - 1) / gridDim.x;
+  const size_t b = blockIdx.x * per, e = b + per < n16 ? b + per : n16;
+  uint4* d = static_cast<uint4*>(dst);
+  const uint4* s = static_cast<const uint4*>(src);
+  for (size_t i = b + threadIdx.x; i < e; i += kThreads) d[i] = kFromMail ? __ldcg(s + i) : __ldg(s + i);
+}
+
+__global__ void __launch_bounds__(kThreads) peer_a2a_kernel(const PeerExchangeArgs a) {
+  unsigned* err = a.error;
+  if (*reinterpret_cast<volatile unsigned*>(err) != 0) return;  // an earlier call failed
+  const uint64_t deadline = now_ns() + a.timeout_ns;
+  const int W = a.world, me = a.rank;
+  uint64_t* my = a.ctrl[me];  // arrived[W], freed[W], done, epoch
+  // Every CTA reads the epoch before the last one (which waits for all) advances it.
+  const uint64_t e = *reinterpret_cast<volatile uint64_t*>(my + 2 * W + 1) + 1;
+  const size_t n16 = a.bytes / 16;
+  const char* send = static_cast<const char*>(a.send);
+  char* recv = static_cast<char*>(a.recv);
+  // 1. push
+  for (int j = 1; j < W; ++j) {
+    const int p = (me + j) % W;
+    if (!wait_ge(my + W + p, e - 1, deadline, err, kPeerErrFreeTimeout | p)) return;
+    copy_share<false>(static_cast<char*>(a.mail[p]) + me * a.slot_bytes, send + p * a.bytes, n16);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence_system();
+      red_add_release_sys(a.ctrl[p] + me, 1);
+    }
+  }
+  copy_share<false>(recv + me * a.bytes, send + me * a.bytes, n16);
+  // 2. receive
+  for (int j = 1; j < W; ++j) {
+    const int s = (me + W - j) % W;
+    if (!wait_ge(my + s, e * gridDim.x, deadline, err, kPeerErrArriveTimeout | s)) return;
+    copy_share<true>(recv + s * a.bytes, static_cast<const char*>(a.mail[me]) + s * a.slot_bytes, n16);
+  }
+  // 3. release the slots (the last CTA, once every CTA's mailbox reads are done)
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const unsigned long long prev = atomicAdd(reinterpret_cast<unsigned long long*>(my + 2 * W), 1ull);
+    if (prev + 1 == e * gridDim.x) {
+      __threadfence_system();
+      for (int s = 0; s < W; ++s)
+        if (s != me) st_release_sys(a.ctrl[s] + W + me, e);
+      *reinterpret_cast<volatile uint64_t*>(my + 2 * W + 1) = e;
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t peer_all_to_all(const PeerExchangeArgs& a, cudaStream_t stream) {
+  if (a.world < 1 || a.world > kMaxPeers || a.rank < 0 || a.rank >= a.world) return cudaErrorInvalidValue;
+  if (a.bytes % 16 != 0 || a.bytes > a.slot_bytes || !a.error || a.timeout_ns == 0) return cudaErrorInvalidValue;
+  if (a.bytes > 0 && (!a.send || !a.recv)) return cudaErrorInvalidValue;
+  if ((reinterpret_cast<uintptr_t>(a.send) | reinterpret_cast<uintptr_t>(a.recv)) % 16 != 0)
+    return cudaErrorMisalignedAddress;
+  for (int p = 0; p < a.world; ++p)
+    if (!a.mail[p] || !a.ctrl[p]) return cudaErrorInvalidValue;
+  peer_a2a_kernel<<<kPeerCtas, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace distmla::kernels
