@@ -7,6 +7,8 @@
 // falls back to base. Waits have the deadline of CommOptions; a missed one inside the kernel
 // makes wait() return dmlaErrorTimeout naming the peer, and the communicator refuses further
 // exchanges (like an aborted NCCL communicator).
+// A captured all_to_all holds the mailboxes' addresses: destroy such graph execs before the
+// communicator, and capture after the last reserve() (one that grows the mailboxes replaces them).
 #pragma once
 
 #include <memory>
