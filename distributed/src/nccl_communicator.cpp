@@ -12,6 +12,7 @@
 
 #include "check.h"
 #include "deadline_poll.h"
+#include "device_guard.h"
 #include "distmla/dist/tcp_store.h"
 
 namespace distmla::dist {
@@ -30,18 +31,7 @@ namespace {
                                           " (" + ncclGetLastError(nullptr) + ")");                  \
   } while (0)
 
-// Restores the caller's current device on scope exit.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    cudaGetDevice(&prev_);
-    if (device != prev_) cudaSetDevice(device);
-  }
-  ~DeviceGuard() { cudaSetDevice(prev_); }
-
- private:
-  int prev_ = 0;
-};
+using detail::DeviceGuard;
 
 // Polls a non-blocking communicator until its pending operation left ncclInProgress.
 dmlaResult_t settle(ncclComm_t comm, int timeout_ms, const char* what) {

@@ -9,23 +9,13 @@
 
 #include "check.h"
 #include "deadline_poll.h"
+#include "device_guard.h"
 #include "distmla/kernels/peer_exchange.h"
 
 namespace distmla::dist {
 namespace {
 
-// Restores the caller's current device on scope exit.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    cudaGetDevice(&prev_);
-    if (device != prev_) cudaSetDevice(device);
-  }
-  ~DeviceGuard() { cudaSetDevice(prev_); }
-
- private:
-  int prev_ = 0;
-};
+using detail::DeviceGuard;
 
 class PeerCommunicator final : public Communicator {
  public:
