@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# A/B of two builds on the GPU machine, rounds interleaved (new, base, new, base, ...): runs
+# distmla_bench of NEW (a build folder) and of BASE (a folder holding libdistmla.so.0 and
+# distmla_bench, e.g. copied from a build of an older commit in a git worktree) and prints
+# b s_q S h_q varlen | us graph_us graph_r1_us for each row. Carry both folders to the machine.
+#   NEW=build-dist BASE=build-base ROUNDS="1 2" [BARGS="-b 128 -s 8192 -H 128"] bash scripts/gpu_ab.sh
+# VARIANTS adds environment settings to a side: "new new:DISTMLA_DECODE_KERNEL=tsplit base".
+# Two rounds of one build differ by up to ~7% on the h_q 128 rows (docs/PERFORMANCE.md, run 26).
+set -u
+export NCCL_NVLS_ENABLE=0
+NEW=${NEW:-build-dist}
+BASE=${BASE:-build-base}
+RT="$PWD/$NEW/cudart"  # a carried libcudart, if the build copied one there
+nvidia-smi -L
+for round in ${ROUNDS:-1 2}; do
+  for v in ${VARIANTS:-new base}; do
+    side=${v%%:*}
+    ev=""
+    [ "$v" != "$side" ] && ev=$(echo "${v#*:}" | tr ',' ' ')
+    if [ "$side" = base ]; then
+      lib="$PWD/$BASE:$RT"; bench="$BASE/distmla_bench"
+    else
+      lib="$PWD/$NEW/lib:$RT"; bench="$NEW/examples/bench/distmla_bench"
+    fi
+    echo "## round $round $v"
+    env LD_LIBRARY_PATH="$lib" $ev timeout 150 "$bench" ${BARGS:-} 2>&1 | grep -v "^#" |
+      awk '{printf "%s %s %s %s %s | %s %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
+  done
+done
