@@ -9,6 +9,8 @@
 // exchanges (like an aborted NCCL communicator).
 // A captured all_to_all holds the mailboxes' addresses: destroy such graph execs before the
 // communicator, and capture after the last reserve() (one that grows the mailboxes replaces them).
+// The calls of one communicator must run one after the other on the device (one stream, or
+// streams ordered by events), in the same order on every rank: they share the counters.
 #pragma once
 
 #include <memory>
