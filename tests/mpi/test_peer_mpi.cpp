@@ -1,7 +1,9 @@
 // The peer communicator's all_to_all (CUDA IPC mailboxes, kernels/peer_exchange.h) under mpirun,
 // bootstrapped over MPI so that ranks may share a GPU (NCCL refuses that): patterns over sizes
-// and repeated calls, graph capture + replays, the fallback above the reservation, and a missing
-// peer (timeout naming it, no hang). Skips without a GPU. Launch: mpirun -np 2 distmla_peer_tests.
+// and repeated calls, graph capture + replays, the fallback above the reservation, a missing
+// peer (timeout naming it, no hang), and the distributed decode (CP all-to-all) over it against
+// the double reference, eager and graph-replayed. Skips without a GPU.
+// Launch: mpirun -np 2 distmla_peer_tests.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -10,9 +12,15 @@
 #include <string>
 #include <vector>
 
+#include "dist_test_util.h"
+#include "distmla/dist/decoder.h"
 #include "distmla/dist/error.h"
 #include "distmla/dist/mpi_communicator.h"
 #include "distmla/dist/peer_communicator.h"
+#include "distmla/dist/shard_data.h"
+#include "distmla/kernels/decode.h"
+#include "distmla/reference.h"
+#include "distmla/workload.h"
 
 using namespace distmla;
 using namespace distmla::dist;
@@ -166,4 +174,138 @@ TEST(PeerComm, MissingPeerTimesOutNamingIt) {
     cudaStreamDestroy(st);
   }
   // the destructor's barrier meets every rank
+}
+
+namespace {
+
+// Test-only device communicator for ranks that share a GPU (NCCL refuses them): the MPI
+// communicator's collectives on device buffers staged through host memory, synchronously (not
+// capturable). Under the peer communicator only its bootstrap and host-side calls run, and the
+// decode step's all_to_all goes through the peer kernel.
+class StagedComm final : public Communicator {
+ public:
+  explicit StagedComm(std::unique_ptr<Communicator> host) : host_(std::move(host)) {}
+  int rank() const override { return host_->rank(); }
+  int size() const override { return host_->size(); }
+  MemSpace memory() const override { return MemSpace::kDevice; }
+  const char* backend_name() const override { return "mpi-staged"; }
+  dmlaResult_t all_gather(const void* send, void* recv, size_t bytes, void* stream) override {
+    std::vector<char> hs(bytes), hr(bytes * size());
+    if (!fetch(hs.data(), send, bytes, stream)) return dmlaErrorCuda;
+    if (auto r = host_->all_gather(hs.data(), hr.data(), bytes, nullptr); r != dmlaSuccess) return r;
+    return cudaMemcpy(recv, hr.data(), hr.size(), cudaMemcpyHostToDevice) == cudaSuccess ? dmlaSuccess : dmlaErrorCuda;
+  }
+  dmlaResult_t all_to_all(const void* send, void* recv, size_t bytes, void* stream) override {
+    std::vector<char> hs(bytes * size()), hr(bytes * size());
+    if (!fetch(hs.data(), send, hs.size(), stream)) return dmlaErrorCuda;
+    if (auto r = host_->all_to_all(hs.data(), hr.data(), bytes, nullptr); r != dmlaSuccess) return r;
+    return cudaMemcpy(recv, hr.data(), hr.size(), cudaMemcpyHostToDevice) == cudaSuccess ? dmlaSuccess : dmlaErrorCuda;
+  }
+  dmlaResult_t broadcast(void* buf, size_t bytes, int root, void* stream) override {
+    std::vector<char> h(bytes);
+    if (!fetch(h.data(), buf, bytes, stream)) return dmlaErrorCuda;
+    if (auto r = host_->broadcast(h.data(), bytes, root, nullptr); r != dmlaSuccess) return r;
+    return cudaMemcpy(buf, h.data(), bytes, cudaMemcpyHostToDevice) == cudaSuccess ? dmlaSuccess : dmlaErrorCuda;
+  }
+  dmlaResult_t barrier() override { return host_->barrier(); }
+  dmlaResult_t agree(const uint8_t* ok, uint8_t* all_ok, int n) override { return host_->agree(ok, all_ok, n); }
+  dmlaResult_t wait(void* stream) override {
+    return cudaStreamSynchronize(static_cast<cudaStream_t>(stream)) == cudaSuccess ? dmlaSuccess : dmlaErrorCuda;
+  }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    return std::make_unique<StagedComm>(host_->split(color, key));
+  }
+
+ private:
+  static bool fetch(void* dst, const void* src, size_t bytes, void* stream) {
+    return cudaStreamSynchronize(static_cast<cudaStream_t>(stream)) == cudaSuccess &&
+           cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost) == cudaSuccess;
+  }
+  std::unique_ptr<Communicator> host_;
+};
+
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(const std::vector<T>& h) : n(h.size()) {
+    cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(1, n) * sizeof(T));
+    cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  explicit Dev(size_t count) : n(count) { cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(1, n) * sizeof(T)); }
+  ~Dev() { cudaFree(p); }
+  std::vector<T> host() const {
+    std::vector<T> h(n);
+    cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
+    return h;
+  }
+};
+
+}  // namespace
+
+// CP = world, all-to-all by head slice through the peer kernel, 1 and 2 sub-batches, s_q 1 and 2
+// (the bulk + tail path), eager and replayed from a CUDA graph.
+TEST(PeerDecode, CpAllToAllMatchesReferenceOnSharedGpus) {
+  REQUIRE_GPU();
+  if (!kernels::device_supported(device_of_rank())) GTEST_SKIP() << "no sm_90 kernel for this device";
+  auto world = make_peer_communicator(std::make_unique<StagedComm>(make_mpi_communicator(MPI_COMM_WORLD, CommOptions{20000})),
+                                      device_of_rank(), CommOptions{20000});
+  const int n = world->size();
+  if (n < 2) GTEST_SKIP() << "needs 2 ranks";
+  cudaStream_t st;
+  CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  for (int s_q : {1, 2})
+    for (int k : {1, 2}) {
+      SCOPED_TRACE("s_q " + std::to_string(s_q) + " sub_batches " + std::to_string(k));
+      WorkloadOptions wo;
+      wo.batch = 6; wo.s_q = s_q; wo.h_q = 16; wo.page_size = 64; wo.seed = 11 + s_q;
+      wo.lengths = {0, 1, 63, 65, 200, 1000};
+      Workload wl = make_workload(wo);
+      const dmlaDecodeShape_t& g = wl.shape;
+      std::vector<double> out_ref, lse_ref;
+      reference_decode(g, wl.host_tensors(), &out_ref, &lse_ref);
+      ShardPlan plan(n, world->rank(), 1, n, g.h_q, g.s_q, true, g.page_size);
+      RankShard s = shard_batch(plan, g, wl.host_tensors());
+      DecoderConfig cfg;
+      cfg.batch = g.batch; cfg.s_q = g.s_q; cfg.h_q = g.h_q; cfg.page_size = g.page_size;
+      cfg.num_blocks = s.num_blocks; cfg.max_blocks_per_seq = s.max_blocks_per_seq;
+      cfg.tp = 1; cfg.cp = n; cfg.mode = MergeMode::kAllToAll; cfg.sub_batches = k;
+      DistDecoder dec(*world, cfg);
+      EXPECT_EQ(std::string(dec.cp_group().backend_name()), "peer+mpi-staged");
+      const Range oh = dec.out_heads();
+      Dev<uint16_t> q(s.q), kv(s.kv), out(static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V);
+      Dev<int32_t> bt(s.block_table), sl(s.seqlens), tbt(s.tail_block_table), tsl(s.tail_seqlens);
+      Dev<float> lse(static_cast<size_t>(g.batch) * oh.count * g.s_q);
+      Dev<char> ws(dec.workspace_bytes());
+      DecoderInputs in;
+      in.q = q.p; in.kv_pool = kv.p; in.block_table = bt.p; in.seqlens = sl.p; in.out = out.p;
+      in.tail_block_table = tbt.p; in.tail_seqlens = tsl.p; in.lse = lse.p;
+      for (int pass = 0; pass < 2; ++pass) {  // 0 eager, 1 one graph replayed twice
+        CUDA_OK(cudaMemset(out.p, 0xFF, out.n * 2));  // NaN: every row must be written
+        CUDA_OK(cudaMemset(lse.p, 0xFF, lse.n * 4));
+        cudaGraph_t graph = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        if (pass == 0) {
+          ASSERT_EQ(dec.run(in, ws.p, dec.workspace_bytes(), st), dmlaSuccess) << last_error_message();
+        } else {
+          CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+          const dmlaResult_t rr = dec.run(in, ws.p, dec.workspace_bytes(), st, DMLA_RUN_REUSE_SCHEDULE);
+          CUDA_OK(cudaStreamEndCapture(st, &graph));
+          ASSERT_EQ(rr, dmlaSuccess) << last_error_message();
+          CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+          CUDA_OK(cudaGraphLaunch(exec, st));
+          CUDA_OK(cudaGraphLaunch(exec, st));
+        }
+        ASSERT_EQ(world->wait(st), dmlaSuccess) << last_error_message();
+        auto ho = out.host();
+        auto hl = lse.host();
+        CompareResult cr = test_util::compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
+        EXPECT_TRUE(cr.ok()) << (pass ? "graph" : "eager") << ": rel_err " << cr.rel_err << " lse " << cr.max_lse_err
+                             << " wrong " << cr.wrong;
+        if (exec) cudaGraphExecDestroy(exec);  // before the communicator it captured
+        if (graph) cudaGraphDestroy(graph);
+      }
+      ASSERT_EQ(world->barrier(), dmlaSuccess);
+    }
+  cudaStreamDestroy(st);
 }
