@@ -25,21 +25,33 @@ __device__ __forceinline__ uint64_t now_ns() {
   return t;
 }
 
-// Thread 0 waits until *p >= target; false (and the error word set) past the deadline.
-__device__ bool wait_ge(const uint64_t* p, uint64_t target, uint64_t deadline, unsigned* err, unsigned code) {
+// Where a missed deadline is recorded: the control block (what the next call checks, device
+// memory) and the host-mapped word the communicator reads. The kernel never reads host memory:
+// on these machines each read of it took tens of microseconds (run P2).
+struct Failure {
+  unsigned* host;
+  uint64_t* device;
+  __device__ void set(unsigned code) const {
+    *reinterpret_cast<volatile uint64_t*>(device) = code;
+    *reinterpret_cast<volatile unsigned*>(host) = code;
+  }
+};
+
+// Thread 0 waits until *p >= target; false (and the failure recorded) past the deadline, which
+// thread 0 sets at its first wait that does not succeed at once (0 until then).
+__device__ bool wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline, uint64_t timeout_ns,
+                        const Failure& err, unsigned code) {
   __shared__ int ok;
   if (threadIdx.x == 0) {
     int r = 1;
-    while (ld_acquire_sys(p) < target) {
-      volatile unsigned* ve = err;
-      if (*ve != 0) {  // another CTA already failed
-        r = 0;
-        break;
-      }
-      if (now_ns() > deadline) {
-        *ve = code;
-        r = 0;
-        break;
+    if (ld_acquire_sys(p) < target) {
+      if (deadline == 0) deadline = now_ns() + timeout_ns;
+      while (ld_acquire_sys(p) < target) {
+        if (now_ns() > deadline) {
+          err.set(code);
+          r = 0;
+          break;
+        }
       }
     }
     ok = r;
@@ -61,11 +73,14 @@ __device__ __forceinline__ void copy_share(void* dst, const void* src, size_t n1
 }
 
 __global__ void __launch_bounds__(kThreads) peer_a2a_kernel(const PeerExchangeArgs a) {
-  unsigned* err = a.error;
-  if (*reinterpret_cast<volatile unsigned*>(err) != 0) return;  // an earlier call failed
-  const uint64_t deadline = now_ns() + a.timeout_ns;
   const int W = a.world, me = a.rank;
-  uint64_t* my = a.ctrl[me];  // arrived[W], freed[W], done, epoch
+  uint64_t* my = a.ctrl[me];  // arrived[W], freed[W], done, epoch, failed
+  __shared__ int failed;
+  if (threadIdx.x == 0) failed = *reinterpret_cast<volatile uint64_t*>(my + 2 * W + 2) != 0;  // an earlier call
+  __syncthreads();
+  if (failed) return;
+  Failure err{a.error, my + 2 * W + 2};
+  uint64_t deadline = 0;  // thread 0's, set at its first wait
   // Every CTA reads the epoch before the last one (which waits for all) advances it.
   const uint64_t e = *reinterpret_cast<volatile uint64_t*>(my + 2 * W + 1) + 1;
   const size_t n16 = a.bytes / 16;
@@ -74,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) peer_a2a_kernel(const PeerExchangeAr
   // 1. push
   for (int j = 1; j < W; ++j) {
     const int p = (me + j) % W;
-    if (!wait_ge(my + W + p, e - 1, deadline, err, kPeerErrFreeTimeout | p)) return;
+    if (!wait_ge(my + W + p, e - 1, deadline, a.timeout_ns, err, kPeerErrFreeTimeout | p)) return;
     copy_share<false>(static_cast<char*>(a.mail[p]) + me * a.slot_bytes, send + p * a.bytes, n16);
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -86,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) peer_a2a_kernel(const PeerExchangeAr
   // 2. receive
   for (int j = 1; j < W; ++j) {
     const int s = (me + W - j) % W;
-    if (!wait_ge(my + s, e * gridDim.x, deadline, err, kPeerErrArriveTimeout | s)) return;
+    if (!wait_ge(my + s, e * gridDim.x, deadline, a.timeout_ns, err, kPeerErrArriveTimeout | s)) return;
     copy_share<true>(recv + s * a.bytes, static_cast<const char*>(a.mail[me]) + s * a.slot_bytes, n16);
   }
   // 3. release the slots (the last CTA, once every CTA's mailbox reads are done)

@@ -22,8 +22,9 @@ namespace distmla::kernels {
 constexpr int kMaxPeers = 8;
 constexpr int kPeerCtas = 32;  // fixed: the arrival counts assume it on both sides
 
-// Control block of a world-rank group: arrived[world], freed[world], done (CTA count), epoch.
-inline size_t peer_ctrl_bytes(int world) { return (static_cast<size_t>(2 * world + 2) * 8 + 255) & ~size_t(255); }
+// Control block of a world-rank group: arrived[world], freed[world], done (CTA count), epoch,
+// failed (the error word's device twin).
+inline size_t peer_ctrl_bytes(int world) { return (static_cast<size_t>(2 * world + 3) * 8 + 255) & ~size_t(255); }
 
 // Error word: 0, or kind | peer (the first failure; later calls return at once).
 enum : unsigned { kPeerErrFreeTimeout = 0x100, kPeerErrArriveTimeout = 0x200 };
@@ -37,7 +38,7 @@ struct PeerExchangeArgs {
   void* mail[kMaxPeers] = {};  // rank p's mailbox (mapped here): slot s at mail[p] + s * slot_bytes
   size_t slot_bytes = 0;
   uint64_t* ctrl[kMaxPeers] = {};  // rank p's control block (mapped here)
-  unsigned* error = nullptr;       // host-mapped
+  unsigned* error = nullptr;       // host-mapped, written only when a deadline is missed
   uint64_t timeout_ns = 0;
 };
 
