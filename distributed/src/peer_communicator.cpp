@@ -54,12 +54,15 @@ class PeerCommunicator final : public Communicator {
 
   dmlaResult_t all_to_all(const void* send, void* recv, size_t bytes, void* stream) override {
     if (auto r = failed(); r != dmlaSuccess) return r;
-    const bool aligned = ((reinterpret_cast<uintptr_t>(send) | reinterpret_cast<uintptr_t>(recv)) & 15u) == 0;
-    if (!ready_ || bytes > slot_ || bytes % 16 != 0 || !aligned) {
+    // Only conditions every rank shares choose the path (a rank alone on NCCL would leave the
+    // others waiting); a misaligned buffer is an error, not a fallback.
+    if (((reinterpret_cast<uintptr_t>(send) | reinterpret_cast<uintptr_t>(recv)) & 15u) != 0)
+      return set_error(dmlaErrorInvalidArgument, "peer all_to_all: send and recv must be 16-byte aligned");
+    if (!ready_ || bytes > slot_ || bytes % 16 != 0) {
       if (base_->memory() != MemSpace::kDevice)
         return set_error(dmlaErrorInvalidArgument,
                          "peer all_to_all: bytes = " + std::to_string(bytes) + " (reserved " + std::to_string(slot_) +
-                             ", 16-byte multiples and alignment) cannot take the peer path, and the base " +
+                             ", multiples of 16) cannot take the peer path, and the base " +
                              "communicator (" + base_->backend_name() + ") works on host buffers");
       return base_->all_to_all(send, recv, bytes, stream);
     }

@@ -145,13 +145,16 @@ TEST(PeerComm, GraphReplays) {
   cudaStreamDestroy(st);
 }
 
-TEST(PeerComm, AboveTheReservationWithAHostBaseIsRefused) {
+TEST(PeerComm, AboveTheReservationWithAHostBaseAndMisalignedAreRefused) {
   REQUIRE_GPU();
   auto comm = make_comm(20000);
   ASSERT_EQ(comm->reserve(4096), dmlaSuccess) << last_error_message();
   Bufs b(8192, comm->size());
   EXPECT_EQ(comm->all_to_all(b.send, b.recv, 8192, nullptr), dmlaErrorInvalidArgument);
   EXPECT_NE(std::string(last_error_message()).find("bytes = 8192 (reserved 4096"), std::string::npos) << last_error_message();
+  // a misaligned buffer is refused on the rank that has it, before anything is launched
+  EXPECT_EQ(comm->all_to_all(reinterpret_cast<char*>(b.send) + 4, b.recv, 1024, nullptr), dmlaErrorInvalidArgument);
+  EXPECT_NE(std::string(last_error_message()).find("16-byte aligned"), std::string::npos) << last_error_message();
 }
 
 TEST(PeerComm, MissingPeerTimesOutNamingIt) {

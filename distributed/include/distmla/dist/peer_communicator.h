@@ -2,9 +2,9 @@
 // peer_exchange.h): one kernel, no NCCL proxy, for CP groups whose GPUs reach each other (NVLink
 // peers, or ranks sharing one GPU). Everything else, and the bootstrap of the mailboxes (their
 // IPC handles are all-gathered once, in reserve()), goes through the wrapped communicator `base`,
-// whose memory space it reports; an all_to_all it cannot serve (larger than reserved, not 16-byte
-// aligned, before reserve(), or when some rank could not map a peer's mailbox: the ranks agree)
-// falls back to base. Waits have the deadline of CommOptions; a missed one inside the kernel
+// whose memory space it reports; an all_to_all it cannot serve (larger than reserved, not a
+// multiple of 16 bytes, before reserve(), or when some rank could not map a peer's mailbox: the
+// ranks agree) falls back to base. send and recv must be 16-byte aligned. Waits have the deadline of CommOptions; a missed one inside the kernel
 // makes wait() return dmlaErrorTimeout naming the peer, and the communicator refuses further
 // exchanges (like an aborted NCCL communicator).
 // A captured all_to_all holds the mailboxes' addresses: destroy such graph execs before the
