@@ -35,13 +35,14 @@ TEST(JobOptions, Defaults) {
   EXPECT_EQ(p.opt.mean_len, 512);
   EXPECT_EQ(p.opt.heads, 16);
   EXPECT_EQ(p.opt.backend, dmlaBackendAuto);
+  EXPECT_FALSE(p.opt.peer);
 }
 
 TEST(JobOptions, ShortLongAndEqualsForms) {
   const auto p = parse({"-b", "4", "--seqlen", "1000", "-H", "128", "-q", "2", "-p", "16", "-n", "3",
                         "-w", "0", "-c", "0", "--varlen=0", "--causal", "0", "--seed", "9",
                         "--backend", "cpu", "-t", "2", "-x", "4", "-m", "alltoall",
-                        "--store", "node1:29500", "--rank", "1", "--world", "8"});
+                        "--store", "node1:29500", "--rank", "1", "--world", "8", "-P", "1"});
   ASSERT_TRUE(p.ok) << p.err;
   EXPECT_EQ(p.opt.batch, 4);
   EXPECT_EQ(p.opt.mean_len, 1000);
@@ -61,6 +62,7 @@ TEST(JobOptions, ShortLongAndEqualsForms) {
   EXPECT_EQ(p.opt.store, "node1:29500");
   EXPECT_EQ(p.opt.rank, 1);
   EXPECT_EQ(p.opt.world, 8);
+  EXPECT_TRUE(p.opt.peer);
 }
 
 TEST(JobOptions, HelpFlag) {
@@ -79,7 +81,7 @@ TEST(JobOptions, BadValuesNameTheFlagAndTheValue) {
       {{"--store", "nohost"}, "--store nohost"}, {{"--store", "h:99999"}, "--store h:99999"},
       {{"-b", "12x"}, "-b 12x"},         {{"-z", "1"}, "unknown flag -z"},
       {{"-b"}, "-b needs a value"},      {{"--rank", "3", "--world", "2"}, "--rank 3"},
-      {{"--varlen=yes"}, "--varlen yes"}};
+      {{"--varlen=yes"}, "--varlen yes"}, {{"-P", "2"}, "-P 2"}};
   for (const auto& c : cases) {
     const auto p = parse(c.first);
     EXPECT_FALSE(p.ok) << c.second;
