@@ -76,19 +76,7 @@ int my_device() {
     cudaSetDevice(my_device());                                             \
   } while (0)
 
-template <typename T>
-struct DevBuf {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DevBuf(size_t count) : n(count) { cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(1, n) * sizeof(T)); }
-  DevBuf(const std::vector<T>& h) : DevBuf(h.size()) { cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice); }
-  ~DevBuf() { cudaFree(p); }
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
-    return h;
-  }
-};
+using test_util::DevBuf;
 
 }  // namespace
 

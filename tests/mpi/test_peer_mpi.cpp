@@ -227,23 +227,6 @@ class StagedComm final : public Communicator {
   std::unique_ptr<Communicator> host_;
 };
 
-template <typename T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(const std::vector<T>& h) : n(h.size()) {
-    cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(1, n) * sizeof(T));
-    cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice);
-  }
-  explicit Dev(size_t count) : n(count) { cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(1, n) * sizeof(T)); }
-  ~Dev() { cudaFree(p); }
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
-    return h;
-  }
-};
-
 }  // namespace
 
 // CP = world, all-to-all by head slice through the peer kernel, 1 and 2 sub-batches, s_q 1 and 2
@@ -276,10 +259,10 @@ TEST(PeerDecode, CpAllToAllMatchesReferenceOnSharedGpus) {
       DistDecoder dec(*world, cfg);
       EXPECT_EQ(std::string(dec.cp_group().backend_name()), "peer+mpi-staged");
       const Range oh = dec.out_heads();
-      Dev<uint16_t> q(s.q), kv(s.kv), out(static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V);
-      Dev<int32_t> bt(s.block_table), sl(s.seqlens), tbt(s.tail_block_table), tsl(s.tail_seqlens);
-      Dev<float> lse(static_cast<size_t>(g.batch) * oh.count * g.s_q);
-      Dev<char> ws(dec.workspace_bytes());
+      test_util::DevBuf<uint16_t> q(s.q), kv(s.kv), out(static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V);
+      test_util::DevBuf<int32_t> bt(s.block_table), sl(s.seqlens), tbt(s.tail_block_table), tsl(s.tail_seqlens);
+      test_util::DevBuf<float> lse(static_cast<size_t>(g.batch) * oh.count * g.s_q);
+      test_util::DevBuf<char> ws(dec.workspace_bytes());
       DecoderInputs in;
       in.q = q.p; in.kv_pool = kv.p; in.block_table = bt.p; in.seqlens = sl.p; in.out = out.p;
       in.tail_block_table = tbt.p; in.tail_seqlens = tsl.p; in.lse = lse.p;
