@@ -18,6 +18,7 @@
 #include "distmla/dist/mpi_communicator.h"
 #include "distmla/dist/peer_communicator.h"
 #include "distmla/dist/shard_data.h"
+#include "distmla/distmla.hpp"
 #include "distmla/kernels/decode.h"
 #include "distmla/reference.h"
 #include "distmla/workload.h"
@@ -88,6 +89,23 @@ struct Bufs {
 };
 
 }  // namespace
+
+// Bad arguments are refused before any CUDA call (also on machines without a GPU).
+TEST(PeerComm, BadArgumentsAreRefused) {
+  try {
+    make_peer_communicator(nullptr, 0, CommOptions{1000});
+    ADD_FAILURE() << "null base accepted";
+  } catch (const distmla::Error& e) {
+    EXPECT_EQ(e.code(), dmlaErrorNullPointer) << e.what();
+  }
+  try {
+    make_peer_communicator(make_mpi_communicator(MPI_COMM_WORLD, CommOptions{1000}), 0, CommOptions{0});
+    ADD_FAILURE() << "timeout 0 accepted";
+  } catch (const distmla::Error& e) {
+    EXPECT_EQ(e.code(), dmlaErrorInvalidArgument) << e.what();
+    EXPECT_NE(std::string(e.what()).find("timeout_ms = 0"), std::string::npos) << e.what();
+  }
+}
 
 TEST(PeerComm, AllToAllOverSizesAndCalls) {
   REQUIRE_GPU();
