@@ -39,7 +39,7 @@ struct Failure {
 
 // Thread 0 waits until *p >= target; false (and the failure recorded) past the deadline, which
 // thread 0 sets at its first wait that does not succeed at once (0 until then).
-__device__ bool wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline, uint64_t timeout_ns,
+__device__ __forceinline__ bool wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline, uint64_t timeout_ns,
                         const Failure& err, unsigned code) {
   __shared__ int ok;
   if (threadIdx.x == 0) {
@@ -72,7 +72,7 @@ __device__ __forceinline__ void copy_share(void* dst, const void* src, size_t n1
   for (size_t i = b + threadIdx.x; i < e; i += kThreads) d[i] = kFromMail ? __ldcg(s + i) : __ldg(s + i);
 }
 
-__global__ void __launch_bounds__(kThreads) peer_a2a_kernel(const PeerExchangeArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) peer_a2a_kernel(const __grid_constant__ PeerExchangeArgs a) {
   const int W = a.world, me = a.rank;
   uint64_t* my = a.ctrl[me];  // arrived[W], freed[W], done, epoch, failed
   __shared__ int failed;
