@@ -39,8 +39,8 @@ struct Failure {
 
 // Thread 0 waits until *p >= target; false (and the failure recorded) past the deadline, which
 // thread 0 sets at its first wait that does not succeed at once (0 until then).
-__device__ __forceinline__ bool wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline, uint64_t timeout_ns,
-                        const Failure& err, unsigned code) {
+__device__ __forceinline__ bool wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline,
+                                        uint64_t timeout_ns, const Failure& err, unsigned code) {
   __shared__ int ok;
   if (threadIdx.x == 0) {
     int r = 1;
