@@ -4,7 +4,8 @@
 # distmla_bench, e.g. copied from a build of an older commit in a git worktree) and prints
 # b s_q S h_q varlen | us graph_us graph_r1_us for each row. Carry both folders to the machine.
 #   NEW=build-dist BASE=build-base ROUNDS="1 2" [BARGS="-b 128 -s 8192 -H 128"] bash scripts/gpu_ab.sh
-# VARIANTS adds environment settings to a side: "new new:DISTMLA_DECODE_KERNEL=tsplit base".
+# VARIANTS adds environment settings to a side: "new new:DISTMLA_DECODE_KERNEL=tsplit base"; a
+# side other than new / base names another folder laid out like BASE ("new build-v1 base").
 # Two rounds of one build differ by up to ~7% on the h_q 128 rows (docs/PERFORMANCE.md, run 26).
 set -u
 export NCCL_NVLS_ENABLE=0
@@ -17,10 +18,11 @@ for round in ${ROUNDS:-1 2}; do
     side=${v%%:*}
     ev=""
     [ "$v" != "$side" ] && ev=$(echo "${v#*:}" | tr ',' ' ')
-    if [ "$side" = base ]; then
-      lib="$PWD/$BASE:$RT"; bench="$BASE/distmla_bench"
-    else
+    if [ "$side" = new ]; then
       lib="$PWD/$NEW/lib:$RT"; bench="$NEW/examples/bench/distmla_bench"
+    else
+      dir=$BASE; [ "$side" != base ] && dir=$side
+      lib="$PWD/$dir:$RT"; bench="$dir/distmla_bench"
     fi
     echo "## round $round $v"
     env LD_LIBRARY_PATH="$lib" $ev timeout 150 "$bench" ${BARGS:-} 2>&1 | grep -v "^#" |

@@ -13,10 +13,12 @@
 // The schedule is computed on the GPU from the device seqlens (schedule kernel), so a step
 // needs no host sync and can be captured in a CUDA graph.
 // Decode kernels (DISTMLA_DECODE_KERNEL selects; docs/PERFORMANCE.md has the measurements):
-//   dsplit (default, v6): 2 consumer warpgroups + 1 producer warpgroup (TMA, empty/full
-//                     mbarriers), Q K^T split by the 576 dims between the consumers (m64n64
-//                     products, partial S through smem), P through smem;
-//   tsplit (v3): the same with Q K^T split by tokens (m64n32 products);
+//   dsplit (default, v6): 2 consumer warpgroups + 1 producer warpgroup (KV and Q by TMA, each a
+//                     step ahead on full/empty mbarriers; 16-bit out of unsplit sequences
+//                     staged in smem and copied out by a store warp), Q K^T split by the 576 dims
+//                     between the consumers (m64n64 products, partial S through smem), P
+//                     through smem;
+//   tsplit (v3): the same with Q K^T split by tokens (m64n32 products), out from registers;
 //   simple: CUDA cores, one warp per row (debug reference for schedule/combine).
 //
 // Files: decode_layout.cuh (sizes, workspace, Params), ptx.cuh (PTX wrappers), schedule.cuh,
@@ -174,15 +176,26 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     cuuint64_t gstride[1] = {static_cast<cuuint64_t>(kDQK) * 2};
     cuuint32_t box[2] = {64, static_cast<cuuint32_t>(R)};
     cuuint32_t estride[2] = {1, 1};
-    CUresult cr = encode(&map,
-                         s.qkv_type == ElemType::kFP16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-                                                       : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                         2, const_cast<void*>(t.kv), gdim, gstride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
+    const CUtensorMapDataType dtype =
+        s.qkv_type == ElemType::kFP16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    CUresult cr = encode(&map, dtype, 2, const_cast<void*>(t.kv), gdim, gstride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
+    // Q as [batch][rows][576]: a sequence's row tile is one 64 x 64 box a chunk; its rows past
+    // `rows` are out of bounds and arrive as zeros.
+    CUtensorMap q_map;
+    std::memset(&q_map, 0, sizeof(q_map));
+    cuuint64_t qdim[3] = {static_cast<cuuint64_t>(kDQK), static_cast<cuuint64_t>(rows),
+                          static_cast<cuuint64_t>(s.batch)};
+    cuuint64_t qstride[2] = {static_cast<cuuint64_t>(kDQK) * 2, static_cast<cuuint64_t>(rows) * kDQK * 2};
+    cuuint32_t qbox[3] = {64, static_cast<cuuint32_t>(kBlockM), 1};
+    cuuint32_t qestride[3] = {1, 1, 1};
+    cr = encode(&q_map, dtype, 3, const_cast<void*>(t.q), qdim, qstride, qbox, qestride, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
     auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
-    err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, p);
+    err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, q_map, p);
   }
   if (err != cudaSuccess) return err;
   // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,
@@ -223,7 +236,7 @@ cudaError_t decode(const DecodeShape& shape, const DecodeTensors& t, void* works
   if (t.q == nullptr || t.kv == nullptr || t.block_table == nullptr || t.seqlens == nullptr || t.out == nullptr ||
       t.lse == nullptr || workspace == nullptr)
     return cudaErrorInvalidValue;
-  if ((reinterpret_cast<uintptr_t>(t.q) | reinterpret_cast<uintptr_t>(t.kv) |
+  if ((reinterpret_cast<uintptr_t>(t.q) | reinterpret_cast<uintptr_t>(t.kv) | reinterpret_cast<uintptr_t>(t.out) |
        reinterpret_cast<uintptr_t>(workspace)) & 15u)
     return cudaErrorMisalignedAddress;
   const OutSlices& o = t.slices;

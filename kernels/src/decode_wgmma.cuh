@@ -52,24 +52,129 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
   }
 }
 
+// Epilogue for 16-bit out of a sequence with one split, through the smem stage of its last KV
+// block: every consumer thread puts its normalised rows there with stmatrix (rows of kORowBytes,
+// 16 bytes of padding so that the 8 rows a stmatrix matrix writes hit distinct banks) and its
+// warp arrives on the stage's o_full barrier; the store warp (o_store_warp) copies the rows out.
+// Run 27: written from registers, the stores held the consumers 2-4.5 us a 64-row tile, and with
+// the bulk copies issued and awaited by the consumers themselves 3.3 us.
+// v6 only (v3's consumers spill with it).
+template <bool kDSplit>
+__device__ __forceinline__ bool staged_epilogue(const Params& p, bool direct, int a, int e) {
+  return kDSplit && direct && !p.out_fp32 && e > a;
+}
+constexpr int kORowBytes = kDV * 2 + 16;
+constexpr int kORowTable = kBlockM * kORowBytes;  // then each row's element offset in out (-1: none)
+static_assert(kORowTable + kBlockM * 8 <= kTileBytes, "the staged O tile must fit a KV stage");
+template <typename Elem>
+__device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&o)[128], const float (&inv)[2],
+                                                 const float (&lse_r)[2], int i, int tile, int r0, int wg,
+                                                 int warp_in_wg, int lane, uint32_t s_stage, uint32_t o_full_bar) {
+  // stmatrix v covers groups j = 2v, 2v + 1: matrix k is (group 2v + k / 2, row half k % 2), and
+  // this lane gives row lane % 8 of matrix lane / 8. A warp with no valid row skips it.
+  if (tile * kBlockM + warp_in_wg * 16 < p.rows) {
+    const int mk = lane / 8;
+    const uint32_t row_addr =
+        s_stage + (warp_in_wg * 16 + 8 * (mk % 2) + lane % 8) * kORowBytes + (wg * 256 + 8 * (mk / 2)) * 2;
+#pragma unroll
+    for (int v = 0; v < 16; ++v) {
+      uint32_t w[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int j = 2 * v + k / 2, h = k % 2;
+        w[k] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+      }
+      stmatrix_x4(row_addr + v * 32, w[0], w[1], w[2], w[3]);
+    }
+  }
+  // lse, and the out offsets of this warp's 16 rows into the stage's table, written by lane 0
+  // alone (the store warp reads them after o_full, which only lane 0's arrival publishes).
+  if (wg == 0) {
+    long long off[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int gr = tile * kBlockM + r0 + 8 * h;
+      off[h] = -1;
+      if (gr < p.rows) {
+        const SliceRowOffsets dst = out_row(p, i, gr);
+        if (lane % 4 == 0) p.lse[dst.lse] = lse_r[h];
+        off[h] = static_cast<long long>(dst.o);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const long long o0 = __shfl_sync(0xffffffffu, off[0], 4 * k), o1 = __shfl_sync(0xffffffffu, off[1], 4 * k);
+      if (lane == 0) {
+        st_shared_s64(s_stage + kORowTable + 8 * (warp_in_wg * 16 + k), o0);
+        st_shared_s64(s_stage + kORowTable + 8 * (warp_in_wg * 16 + 8 + k), o1);
+      }
+    }
+  }
+  fence_proxy_async();  // the generic stmatrix writes, before the bulk copies read them
+  __syncwarp();
+  if (lane == 0) mbar_arrive(o_full_bar);
+}
+
+// The store warp (warp 10, in the producer warpgroup): for each sequence of the part whose
+// epilogue is staged, waits for the consumers' O tile in the stage of its last block (o_full),
+// copies the rows the consumers gave an offset to out with bulk copies (two rows a lane), and
+// frees the stage for the producer once the copies have read it (o_free, an arrival a lane).
+// Before exiting it waits for its copies' writes.
+template <bool kDSplit>
+__device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uint32_t o_full0, uint32_t o_free0,
+                                             int part, int seq_begin, int seq_end, int lane) {
+  const Meta& m = p.meta;
+  const int W = m.hdr[0];
+  uint32_t blocks = 0, parity = 0;  // blocks of the part so far; bit s: parity of stage s's next o_full
+  for (int i = seq_begin; i < seq_end; ++i) {
+    int a, e;
+    part_block_range(m, W, part, i, a, e);
+    blocks += e - a;
+    if (!staged_epilogue<kDSplit>(p, m.seq_nsplit[i] <= 1, a, e)) continue;
+    const int s = (blocks - 1) % kStages;
+    mbar_wait(o_full0 + 8 * s, parity >> s & 1);
+    parity ^= 1u << s;
+    const uint32_t tile_base = sKV0 + s * kTileBytes;
+#pragma unroll
+    for (int r = lane; r < kBlockM; r += 32) {
+      const long long off = ld_shared_s64(tile_base + kORowTable + 8 * r);
+      if (off >= 0) bulk_store(static_cast<uint16_t*>(p.out) + off, tile_base + r * kORowBytes, kDV * 2);
+    }
+    bulk_commit();
+    bulk_wait_read();
+    mbar_arrive(o_free0 + 8 * s);  // every lane, once its own copies have read the stage
+  }
+  bulk_wait();
+}
+
 // The TMA producer (one thread): loads the 64-token blocks of the part's sequences, in order,
 // into kStages stages (full barrier bar0 + 8 s, expect-tx), each once its consumers released it
 // (empty barrier empty0 + 8 s). Only pages that hold a token below the length are read (pages of
 // 16 or 32 tokens are several boxes a block); rows past the length keep stale data.
+template <bool kDSplit>
 __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Params& p, uint32_t sKV0, uint32_t bar0,
-                                            uint32_t empty0, int part, int seq_begin, int seq_end) {
+                                            uint32_t empty0, uint32_t o_free0, int part, int seq_begin,
+                                            int seq_end) {
   const Meta& m = p.meta;
   const int W = m.hdr[0];
   const int R = p.page_size < kBlockN ? p.page_size : kBlockN;
   const int pieces = kBlockN / R;
   uint32_t produced = 0;
+  uint32_t held = 0, freed = 0;  // bit s: stage s holds a staged O tile / parity of its o_free waits
   for (int i = seq_begin; i < seq_end; ++i) {
     int a, e;
     part_block_range(m, W, part, i, a, e);
     const int L = m.seq_len[i];
+    const bool staged = staged_epilogue<kDSplit>(p, m.seq_nsplit[i] <= 1, a, e);
     for (int n = a; n < e; ++n) {
       if (produced >= kStages) mbar_wait(empty0 + 8 * (produced % kStages), ((produced / kStages) - 1) & 1);
       const int stage = produced % kStages;
+      if (held >> stage & 1) {
+        mbar_wait(o_free0 + 8 * stage, freed >> stage & 1);
+        freed ^= 1u << stage;
+        held &= ~(1u << stage);
+      }
+      if (staged && n == e - 1) held |= 1u << stage;
       const uint32_t dst = sKV0 + stage * kTileBytes;
       const uint32_t bar = bar0 + 8 * stage;
       int npieces = 0;
@@ -92,52 +197,33 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
   }
 }
 
-// Q tile rows of sequence i into smem, 128B-swizzled, chunks 0 .. kQChunks - 1 (rows past
-// p.rows zeroed), by the 256 consumer threads: loads in two batches in flight before their
-// stores. Ends with the proxy fence for the wgmma reads; the caller's barrier publishes it.
-template <int kQChunks>
-__device__ __forceinline__ void load_q_smem(const Params& p, uint8_t* gQ, int i, int tile, int tid) {
-  const uint16_t* q = static_cast<const uint16_t*>(p.q);
-  constexpr int kIters = kBlockM * kQChunks * 8 / kThreads;  // 18 (no rope chunk: 16)
-  constexpr int kBatch = kIters / 2;
+// The Q producer (one thread of another warp): the Q tile of each sequence of the part by TMA
+// (9 chunks of [64 rows][64 dims], 128B-swizzled; rows past p.rows are out of the tensor map's
+// bounds and arrive as zeros) onto q_full, each as soon as the consumers released the previous
+// one after their last Q K^T (q_empty), so the load overlaps that sequence's last softmax, P V and
+// epilogue instead of starting the next sequence (run 27: 2.6-5.7 us a sequence when loaded there).
+__device__ __forceinline__ void q_producer(const CUtensorMap& q_map, uint32_t sQ, uint32_t q_full, uint32_t q_empty,
+                                           int tile, int seq_begin, int seq_end) {
+  for (int i = seq_begin, n = 0; i < seq_end; ++i, ++n) {
+    if (n > 0) mbar_wait(q_empty, (n - 1) & 1);
+    mbar_arrive_expect_tx(q_full, static_cast<uint32_t>(kTileBytes));
 #pragma unroll 1
-  for (int b0 = 0; b0 < kIters; b0 += kBatch) {
-    uint4 v[kBatch];
-#pragma unroll
-    for (int it = 0; it < kBatch; ++it) {
-      const int idx = tid + (b0 + it) * kThreads;
-      const int u = idx % 8, c = (idx / 8) % kQChunks, r = idx / (8 * kQChunks);
-      const int gr = tile * kBlockM + r;
-      v[it] = make_uint4(0, 0, 0, 0);
-      if (gr < p.rows)
-        v[it] = __ldg(reinterpret_cast<const uint4*>(q + (static_cast<size_t>(i) * p.rows + gr) * kDQK + c * 64 +
-                                                     u * 8));
-    }
-#pragma unroll
-    for (int it = 0; it < kBatch; ++it) {
-      const int idx = tid + (b0 + it) * kThreads;
-      const int u = idx % 8, c = (idx / 8) % kQChunks, r = idx / (8 * kQChunks);
-      *reinterpret_cast<uint4*>(gQ + c * kChunkBytes + r * 128 + ((u ^ (r & 7)) * 16)) = v[it];
-    }
+    for (int c = 0; c < kChunks; ++c) tma_load_3d(sQ + c * kChunkBytes, &q_map, q_full, c * 64, tile * kBlockM, i);
   }
-  fence_proxy_async();
 }
 
-// Q's rope chunk (dims 512-575) of rows r0 and r0 + 8 as wgmma A fragments: k-step kk, registers
-// {row, col}, {row + 8, col}, {row, col + 8}, {row + 8, col + 8} with col = 512 + 16 kk + cq.
-// Zeros where !enable or past p.rows.
-__device__ __forceinline__ void load_q_rope(const Params& p, uint32_t (&qr)[4][4], int i, int tile, int r0, int cq,
-                                            bool enable) {
-  const uint32_t* q = static_cast<const uint32_t*>(p.q);
+// v6: Q's rope chunk (dims 512-575) of rows r0 and r0 + 8 as wgmma A fragments, from the Q tile's
+// chunk 8 in smem (which then serves as warpgroup 0's S exchange slot): k-step kk, registers
+// {row, col}, {row + 8, col}, {row, col + 8}, {row + 8, col + 8} with col = 16 kk + cq.
+__device__ __forceinline__ void q_rope_from_smem(uint32_t (&qr)[4][4], const uint8_t* chunk8, int r0, int cq) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int gr = tile * kBlockM + r0 + 8 * h;
-    const bool ok = enable && gr < p.rows;
-    const size_t rowbase = ((static_cast<size_t>(i) * p.rows + gr) * kDQK + 512 + cq) / 2;
+    const int r = r0 + 8 * h;
+    const uint8_t* row = chunk8 + r * 128 + cq * 2;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      qr[kk][h] = ok ? __ldg(q + rowbase + 8 * kk) : 0u;
-      qr[kk][2 + h] = ok ? __ldg(q + rowbase + 8 * kk + 4) : 0u;
+      qr[kk][h] = *reinterpret_cast<const uint32_t*>(row + (((2 * kk) ^ (r & 7)) * 16));
+      qr[kk][2 + h] = *reinterpret_cast<const uint32_t*>(row + (((2 * kk + 1) ^ (r & 7)) * 16));
     }
   }
 }
@@ -207,12 +293,16 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
 // Split decode, wgmma path (v3). Q K^T is split by tokens: consumer warpgroup w computes S for
 // tokens [32w, 32w + 32) of the block (m64n32k16), the two exchange row maxima through smem,
 // write their half of P (bf16, 128B-swizzled, K-major) to smem, and both run P V with A = P
-// from smem, each into its 256 of the 512 output columns. A dedicated TMA producer warp (warp 8)
-// waits on per-stage "empty" mbarriers (one arrival per consumer warp) and reads the block table
-// ahead, so the consumers never stall on global loads and need no end-of-block barrier.
+// from smem, each into its 256 of the 512 output columns. The producer warpgroup does all global
+// traffic but the small stores: warp 8 loads the KV blocks by TMA, waiting on per-stage "empty"
+// mbarriers (one arrival per consumer warp) and reading the block table ahead; warp 9 loads each
+// sequence's Q tile by TMA as soon as the previous one's last Q K^T is done; warp 10 (v6) copies
+// the staged O tiles out (o_store_warp). So the consumers never wait on global memory but for
+// the TMA loads themselves, and need no end-of-block barrier.
 // ---------------------------------------------------------------------------------------------
 constexpr int kPBytes = kBlockM * kBlockN * 2;  // 8 KB
-constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + 64 /*barriers*/ + 512 /*max*/ +
+constexpr int kBarrierBytes = 128;  // the mbarriers below, 8 bytes each
+constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + kBarrierBytes + 512 /*max*/ +
                            512 /*sum*/ + 1024 /*align*/;
 constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one active thread)
 
@@ -226,7 +316,8 @@ constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one activ
 // stage's rope chunk, which only warpgroup 1's products read (warpgroup 1 writes there).
 template <typename Elem, bool kDSplit>
 __global__ void __launch_bounds__(kThreadsV3, 1)
-    decode_wgmma3_kernel(const __grid_constant__ CUtensorMap kv_map, const Params p) {
+    decode_wgmma3_kernel(const __grid_constant__ CUtensorMap kv_map, const __grid_constant__ CUtensorMap q_map,
+                         const Params p) {
   extern __shared__ uint8_t smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -238,7 +329,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   uint8_t* gQ = gbase;
   uint8_t* gKV0 = gbase + kTileBytes;
   uint8_t* gP = gbase + kTileBytes * (1 + kStages);
-  float* sMax = reinterpret_cast<float*>(gP + kPBytes + 64);  // [2][64]
+  float* sMax = reinterpret_cast<float*>(gP + kPBytes + kBarrierBytes);  // [2][64]
   float* sSum = sMax + 2 * kBlockM;                            // [2][64]
 
   const int tid = threadIdx.x;
@@ -250,9 +341,16 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const int tile = blockIdx.y;
 
   const uint32_t empty0 = bar0 + 8 * kStages;  // consumer -> producer, one arrival per consumer warp
+  const uint32_t q_full = bar0 + 16 * kStages, q_empty = q_full + 8;  // the Q tile's, likewise
+  // per stage: the consumers' staged O tile is in it / has left it (stage_rows_16bit, o_store_warp)
+  const uint32_t o_full0 = q_empty + 8, o_free0 = o_full0 + 8 * kStages;
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) mbar_init(bar0 + 8 * s, 1);
     for (int s = 0; s < kStages; ++s) mbar_init(empty0 + 8 * s, kThreads / 32);
+    mbar_init(q_full, 1);
+    mbar_init(q_empty, kThreads / 32);
+    for (int s = 0; s < kStages; ++s) mbar_init(o_full0 + 8 * s, kThreads / 32);
+    for (int s = 0; s < kStages; ++s) mbar_init(o_free0 + 8 * s, 32);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     fence_proxy_async();
   }
@@ -268,14 +366,24 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   if (seq_begin >= seq_end) return;
 
   if (tid >= kThreads) {
-    // producer warpgroup: gives registers back; one thread runs ahead of the consumers by
-    // kStages blocks, off their critical path
+    // producer warpgroup: gives registers back; the KV thread runs ahead of the consumers by
+    // kStages blocks, the Q thread by one sequence, off their critical path
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (tid == kThreads) kv_producer(kv_map, p, sKV0, bar0, empty0, part, seq_begin, seq_end);
+    if (tid == kThreads) kv_producer<kDSplit>(kv_map, p, sKV0, bar0, empty0, o_free0, part, seq_begin, seq_end);
+    if (tid == kThreads + 32) q_producer(q_map, sQ, q_full, q_empty, tile, seq_begin, seq_end);
+    if (kDSplit && tid / 32 == kThreads / 32 + 2)
+      o_store_warp<kDSplit>(p, sKV0, o_full0, o_free0, part, seq_begin, seq_end, lane);
   } else {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
 
-  uint32_t consumed = 0;
+  uint32_t consumed = 0, nseq = 0;
+  // This warp is done with the Q tile (its last Q K^T of the sequence has completed; v6: warpgroup
+  // 0's exchange stores into chunk 8 are fenced against the TMA refill).
+  auto release_q = [&] {
+    fence_proxy_async();
+    __syncwarp();
+    if (lane == 0) mbar_arrive(q_empty);
+  };
   const float NEG_INF = -INFINITY;
   const int r0 = warp_in_wg * 16 + lane / 4;
   const int cq = 2 * (lane % 4);
@@ -284,13 +392,12 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     int a, e;
     part_block_range(m, W, part, i, a, e);
     const int L = m.seq_len[i];
-    const int nsplit = m.seq_nsplit[i];
-    const int split_idx = part - m.seq_first_part[i];
 
-    consumer_sync();  // previous wgmma reads of sQ / sP and reads of sSum are complete
-    load_q_smem<kDSplit ? kChunks - 1 : kChunks>(p, gQ, i, tile, tid);
+    mbar_wait(q_full, nseq & 1);
     uint32_t qr[4][4];
-    if constexpr (kDSplit) load_q_rope(p, qr, i, tile, r0, cq, wg == 1);
+    if (kDSplit && wg == 1) q_rope_from_smem(qr, gQ + 8 * kChunkBytes, r0, cq);
+    // Before any write of this sequence: the previous one's reads of sP / sSum are complete, and
+    // (v6) chunk 8 is read before warpgroup 0's first exchange store into it.
     consumer_sync();
 
     int lim[2];
@@ -348,6 +455,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         wgmma_wait0();
         reg_fence(s);
       }
+      if (n == e - 1) release_q();
 
       // ---- mask, local row max, exchange ----
       float ml[2] = {NEG_INF, NEG_INF};
@@ -449,6 +557,9 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       ++consumed;
     }
 
+    if (a == e) release_q();  // no block of this sequence in this part
+    ++nseq;
+
     // ---- epilogue: row sums of both halves ----
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -470,8 +581,15 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         lse_r[h] = NEG_INF;
       }
     }
-    write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, nsplit <= 1,
-                     static_cast<size_t>(m.seq_split_base[i] + split_idx));
+    const bool direct = m.seq_nsplit[i] <= 1;
+    if (staged_epilogue<kDSplit>(p, direct, a, e)) {
+      const int last = (consumed - 1) % kStages;
+      stage_rows_16bit<Elem>(p, o, inv, lse_r, i, tile, r0, wg, warp_in_wg, lane, sKV0 + last * kTileBytes,
+                             o_full0 + 8 * last);
+    } else {
+      write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, direct,
+                       static_cast<size_t>(m.seq_split_base[i] + part - m.seq_first_part[i]));
+    }
   }
   }  // consumers
 }

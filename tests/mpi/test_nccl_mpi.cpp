@@ -36,8 +36,6 @@ using namespace distmla::dist;
 
 namespace {
 
-#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
-
 int my_device();
 
 // Host communicator of the launch (MPI or TCP store), set up by main().
@@ -149,73 +147,16 @@ void check_decode(std::unique_ptr<Communicator> comm) {
     Workload wl = make_workload(wo);
     std::vector<double> out_ref, lse_ref;
     reference_decode(wl.shape, wl.host_tensors(), &out_ref, &lse_ref);
-    const dmlaDecodeShape_t& g = wl.shape;
     const int n = comm->size();
     for (auto [tp, cp] : std::vector<std::pair<int, int>>{{1, n}, {n, 1}})
       for (MergeMode mode : {MergeMode::kAllGather, MergeMode::kAllToAll})
-      for (int k : {1, 2}) {  // k 2: exchange + merge of slice 1 on the side stream (fork/join)
-        SCOPED_TRACE("tp " + std::to_string(tp) + " cp " + std::to_string(cp) + " " + merge_mode_name(mode) +
-                     " s_q " + std::to_string(s_q) + " sub_batches " + std::to_string(k));
-        ShardPlan plan(n, comm->rank(), tp, cp, g.h_q, g.s_q, true, g.page_size);
-        RankShard s = shard_batch(plan, g, wl.host_tensors());
-        DecoderConfig cfg;
-        cfg.batch = g.batch; cfg.s_q = g.s_q; cfg.h_q = g.h_q; cfg.page_size = g.page_size;
-        cfg.num_blocks = s.num_blocks; cfg.max_blocks_per_seq = s.max_blocks_per_seq;
-        cfg.tp = tp; cfg.cp = cp; cfg.mode = mode; cfg.sub_batches = k;
-        DistDecoder dec(*comm, cfg);
-        ASSERT_EQ(dec.sub_batches(), k);
-        const Range oh = dec.out_heads();
-        DevBuf<uint16_t> q(s.q), kv(s.kv), out(static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V);
-        DevBuf<int32_t> bt(s.block_table), sl(s.seqlens), tbt(s.tail_block_table), tsl(s.tail_seqlens);
-        DevBuf<float> lse(static_cast<size_t>(g.batch) * oh.count * g.s_q);
-        DevBuf<char> ws(dec.workspace_bytes());
-        CUDA_OK(cudaMemset(out.p, 0xFF, out.n * 2));  // poison: NaN everywhere
-        CUDA_OK(cudaMemset(lse.p, 0xFF, lse.n * 4));
-        DecoderInputs in;
-        in.q = q.p; in.kv_pool = kv.p; in.block_table = bt.p; in.seqlens = sl.p; in.out = out.p;
-        in.tail_block_table = tbt.p; in.tail_seqlens = tsl.p; in.lse = lse.p;
-        ASSERT_EQ(dec.run(in, ws.p, dec.workspace_bytes(), st), dmlaSuccess) << last_error_message();
-        ASSERT_EQ(comm->wait(st), dmlaSuccess) << last_error_message();
-        auto ho = out.host();
-        auto hl = lse.host();
-        CompareResult cr = test_util::compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
-        EXPECT_TRUE(cr.ok()) << "rel_err " << cr.rel_err << " lse " << cr.max_lse_err << " wrong " << cr.wrong;
-
-        // The same step captured in a CUDA graph (NCCL included) and replayed, reusing the
-        // schedules the eager run left in each sub-batch's workspace (a later layer).
-        CUDA_OK(cudaMemset(out.p, 0xFF, out.n * 2));
-        CUDA_OK(cudaMemset(lse.p, 0xFF, lse.n * 4));
-        CUDA_OK(cudaStreamSynchronize(st));
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        const dmlaResult_t rr = dec.run(in, ws.p, dec.workspace_bytes(), st, DMLA_RUN_REUSE_SCHEDULE);
-        CUDA_OK(cudaStreamEndCapture(st, &graph));
-        ASSERT_EQ(rr, dmlaSuccess) << last_error_message();
-        CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-        CUDA_OK(cudaGraphLaunch(exec, st));
-        CUDA_OK(cudaGraphLaunch(exec, st));
-        ASSERT_EQ(comm->wait(st), dmlaSuccess) << last_error_message();
-        ho = out.host();
-        hl = lse.host();
-        cr = test_util::compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
-        EXPECT_TRUE(cr.ok()) << "graph: rel_err " << cr.rel_err << " lse " << cr.max_lse_err << " wrong " << cr.wrong;
-        // Exchange + merge alone, on the partials the replay left: the same output again.
-        CUDA_OK(cudaMemset(out.p, 0xFF, out.n * 2));
-        CUDA_OK(cudaMemset(lse.p, 0xFF, lse.n * 4));
-        ASSERT_EQ(dec.run_exchange(in, ws.p, dec.workspace_bytes(), st), dmlaSuccess) << last_error_message();
-        ASSERT_EQ(comm->wait(st), dmlaSuccess) << last_error_message();
-        if (cp > 1) {
-          ho = out.host();
-          hl = lse.host();
-          cr = test_util::compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
-          EXPECT_TRUE(cr.ok()) << "run_exchange: rel_err " << cr.rel_err << " wrong " << cr.wrong;
+        for (int k : {1, 2}) {  // k 2: exchange + merge of slice 1 on the side stream (fork/join)
+          SCOPED_TRACE("tp " + std::to_string(tp) + " cp " + std::to_string(cp) + " " + merge_mode_name(mode) +
+                       " s_q " + std::to_string(s_q) + " sub_batches " + std::to_string(k));
+          DecoderConfig layout;
+          layout.tp = tp; layout.cp = cp; layout.mode = mode; layout.sub_batches = k;
+          test_util::check_gpu_step(*comm, wl, out_ref, lse_ref, layout, true, st);
         }
-        // Graph execs go before the communicators they captured.
-        cudaGraphExecDestroy(exec);
-        cudaGraphDestroy(graph);
-        ASSERT_EQ(comm->barrier(), dmlaSuccess);
-      }
   }
   cudaStreamDestroy(st);
 }

@@ -28,8 +28,6 @@ using namespace distmla::dist;
 
 namespace {
 
-#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
-
 int world_rank() {
   int r = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
@@ -248,7 +246,7 @@ class StagedComm final : public Communicator {
 }  // namespace
 
 // CP = world, all-to-all by head slice through the peer kernel, 1 and 2 sub-batches, s_q 1 and 2
-// (the bulk + tail path), eager and replayed from a CUDA graph.
+// (the bulk + tail path), eager, replayed from a CUDA graph, and the exchange + merge alone.
 TEST(PeerDecode, CpAllToAllMatchesReferenceOnSharedGpus) {
   REQUIRE_GPU();
   if (!kernels::device_supported(device_of_rank())) GTEST_SKIP() << "no sm_90 kernel for this device";
@@ -265,51 +263,11 @@ TEST(PeerDecode, CpAllToAllMatchesReferenceOnSharedGpus) {
       wo.batch = 6; wo.s_q = s_q; wo.h_q = 16; wo.page_size = 64; wo.seed = 11 + s_q;
       wo.lengths = {0, 1, 63, 65, 200, 1000};
       Workload wl = make_workload(wo);
-      const dmlaDecodeShape_t& g = wl.shape;
       std::vector<double> out_ref, lse_ref;
-      reference_decode(g, wl.host_tensors(), &out_ref, &lse_ref);
-      ShardPlan plan(n, world->rank(), 1, n, g.h_q, g.s_q, true, g.page_size);
-      RankShard s = shard_batch(plan, g, wl.host_tensors());
-      DecoderConfig cfg;
-      cfg.batch = g.batch; cfg.s_q = g.s_q; cfg.h_q = g.h_q; cfg.page_size = g.page_size;
-      cfg.num_blocks = s.num_blocks; cfg.max_blocks_per_seq = s.max_blocks_per_seq;
-      cfg.tp = 1; cfg.cp = n; cfg.mode = MergeMode::kAllToAll; cfg.sub_batches = k;
-      DistDecoder dec(*world, cfg);
-      EXPECT_EQ(std::string(dec.cp_group().backend_name()), "peer+mpi-staged");
-      const Range oh = dec.out_heads();
-      test_util::DevBuf<uint16_t> q(s.q), kv(s.kv), out(static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V);
-      test_util::DevBuf<int32_t> bt(s.block_table), sl(s.seqlens), tbt(s.tail_block_table), tsl(s.tail_seqlens);
-      test_util::DevBuf<float> lse(static_cast<size_t>(g.batch) * oh.count * g.s_q);
-      test_util::DevBuf<char> ws(dec.workspace_bytes());
-      DecoderInputs in;
-      in.q = q.p; in.kv_pool = kv.p; in.block_table = bt.p; in.seqlens = sl.p; in.out = out.p;
-      in.tail_block_table = tbt.p; in.tail_seqlens = tsl.p; in.lse = lse.p;
-      for (int pass = 0; pass < 2; ++pass) {  // 0 eager, 1 one graph replayed twice
-        CUDA_OK(cudaMemset(out.p, 0xFF, out.n * 2));  // NaN: every row must be written
-        CUDA_OK(cudaMemset(lse.p, 0xFF, lse.n * 4));
-        cudaGraph_t graph = nullptr;
-        cudaGraphExec_t exec = nullptr;
-        if (pass == 0) {
-          ASSERT_EQ(dec.run(in, ws.p, dec.workspace_bytes(), st), dmlaSuccess) << last_error_message();
-        } else {
-          CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-          const dmlaResult_t rr = dec.run(in, ws.p, dec.workspace_bytes(), st, DMLA_RUN_REUSE_SCHEDULE);
-          CUDA_OK(cudaStreamEndCapture(st, &graph));
-          ASSERT_EQ(rr, dmlaSuccess) << last_error_message();
-          CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-          CUDA_OK(cudaGraphLaunch(exec, st));
-          CUDA_OK(cudaGraphLaunch(exec, st));
-        }
-        ASSERT_EQ(world->wait(st), dmlaSuccess) << last_error_message();
-        auto ho = out.host();
-        auto hl = lse.host();
-        CompareResult cr = test_util::compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
-        EXPECT_TRUE(cr.ok()) << (pass ? "graph" : "eager") << ": rel_err " << cr.rel_err << " lse " << cr.max_lse_err
-                             << " wrong " << cr.wrong;
-        if (exec) cudaGraphExecDestroy(exec);  // before the communicator it captured
-        if (graph) cudaGraphDestroy(graph);
-      }
-      ASSERT_EQ(world->barrier(), dmlaSuccess);
+      reference_decode(wl.shape, wl.host_tensors(), &out_ref, &lse_ref);
+      DecoderConfig layout;
+      layout.tp = 1; layout.cp = n; layout.mode = MergeMode::kAllToAll; layout.sub_batches = k;
+      test_util::check_gpu_step(*world, wl, out_ref, lse_ref, layout, true, st, "peer+mpi-staged");
     }
   cudaStreamDestroy(st);
 }
