@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -100,6 +101,33 @@ cudaError_t ensure_smem_attr() {
   if (dev >= 0 && dev < 64) done[dev] = true;
   return cudaSuccess;
 }
+
+#if DISTMLA_DECODE_TRACE
+// Trace builds (decode_trace.cuh): the last launch's table into $DISTMLA_TRACE_FILE, after each
+// launch (DISTMLA_TRACE_SYNC=1: synchronises, so not inside a capture) or once at exit.
+void write_trace(const char* path) {
+  static unsigned long long h[kTraceCtas * kTraceSlots];
+  if (cudaMemcpyFromSymbol(h, g_decode_trace, sizeof(h)) != cudaSuccess) return;
+  if (FILE* f = std::fopen(path, "wb")) {
+    std::fwrite(h, sizeof(h[0]), kTraceCtas * kTraceSlots, f);
+    std::fclose(f);
+  }
+}
+void trace_after_launch(cudaStream_t stream) {
+  static const char* path = std::getenv("DISTMLA_TRACE_FILE");
+  if (path == nullptr) return;
+  if (std::getenv("DISTMLA_TRACE_SYNC") != nullptr) {
+    if (cudaStreamSynchronize(stream) == cudaSuccess) write_trace(path);
+    return;
+  }
+  static std::once_flag once;
+  std::call_once(once, [] {
+    std::atexit([] {
+      if (cudaDeviceSynchronize() == cudaSuccess) write_trace(std::getenv("DISTMLA_TRACE_FILE"));
+    });
+  });
+}
+#endif
 
 template <typename Kernel, typename... Args>
 cudaError_t launch_pdl(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
@@ -196,6 +224,9 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
     auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
     err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, q_map, p);
+#if DISTMLA_DECODE_TRACE
+    if (err == cudaSuccess) trace_after_launch(stream);
+#endif
   }
   if (err != cudaSuccess) return err;
   // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,

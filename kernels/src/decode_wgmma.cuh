@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "decode_layout.cuh"
+#include "decode_trace.cuh"
 #include "ptx.cuh"
 #include "schedule.cuh"
 
@@ -175,6 +176,7 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
         held &= ~(1u << stage);
       }
       if (staged && n == e - 1) held |= 1u << stage;
+      DMLA_TRACE(produced < 48, kTrIssue + produced);
       const uint32_t dst = sKV0 + stage * kTileBytes;
       const uint32_t bar = bar0 + 8 * stage;
       int npieces = 0;
@@ -344,6 +346,9 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const uint32_t q_full = bar0 + 16 * kStages, q_empty = q_full + 8;  // the Q tile's, likewise
   // per stage: the consumers' staged O tile is in it / has left it (stage_rows_16bit, o_store_warp)
   const uint32_t o_full0 = q_empty + 8, o_free0 = o_full0 + 8 * kStages;
+  DMLA_TRACE_NS(tid == 0, kTrEntryNs);
+  DMLA_TRACE(tid == 0, kTrEntry);
+  for (int j = 0; j < 8; ++j) DMLA_TRACE_VALUE(tid == 0, kTrSeq + 8 * j + kSeqLastWarp, 0);
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) mbar_init(bar0 + 8 * s, 1);
     for (int s = 0; s < kStages; ++s) mbar_init(empty0 + 8 * s, kThreads / 32);
@@ -358,6 +363,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 
   pdl_wait();
   pdl_launch_dependents();
+  DMLA_TRACE(tid == 0, kTrPdl);
+  DMLA_TRACE_NS(tid == 0, kTrPdlNs);
 
   const Meta& m = p.meta;
   const int W = m.hdr[0];
@@ -393,12 +400,16 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     part_block_range(m, W, part, i, a, e);
     const int L = m.seq_len[i];
 
+    [[maybe_unused]] const bool tr = tid == 0 && nseq < 8;  // trace builds (decode_trace.cuh)
+    DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqStart);
     mbar_wait(q_full, nseq & 1);
+    DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqQReady);
     uint32_t qr[4][4];
     if (kDSplit && wg == 1) q_rope_from_smem(qr, gQ + 8 * kChunkBytes, r0, cq);
     // Before any write of this sequence: the previous one's reads of sP / sSum are complete, and
     // (v6) chunk 8 is read before warpgroup 0's first exchange store into it.
     consumer_sync();
+    DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqSynced);
 
     int lim[2];
 #pragma unroll
@@ -419,6 +430,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       const int stage = consumed % kStages;
       const uint32_t sK = sKV0 + stage * kTileBytes;
       mbar_wait(bar0 + 8 * stage, (consumed / kStages) & 1);
+      DMLA_TRACE(tid == 0 && consumed < 64, kTrBlkWait + consumed);
       const int valid = min(L - n * kBlockN, kBlockN);
       if (valid < kBlockN) {
         uint8_t* gK = gKV0 + stage * kTileBytes;
@@ -551,14 +563,15 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       // v6: warpgroup 1 wrote its S exchange into the stage's rope chunk with generic stores;
       // the proxy fence orders them before the TMA writes of the refill (off the critical path
       // here, unlike right after the stores).
+      DMLA_TRACE(tid == 0 && consumed < 64, kTrBlkDone + consumed);
       if (kDSplit && wg == 1) fence_proxy_async();
       __syncwarp();
       if (lane == 0) mbar_arrive(empty0 + 8 * stage);
       ++consumed;
     }
 
+    DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqLoopEnd);
     if (a == e) release_q();  // no block of this sequence in this part
-    ++nseq;
 
     // ---- epilogue: row sums of both halves ----
 #pragma unroll
@@ -568,7 +581,9 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       if ((lane & 3) == 0) sSum[wg * kBlockM + r0 + 8 * h] = l;
     }
+    DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqSums);
     consumer_sync();
+    DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqEpiSync);
     float lse_r[2], inv[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -590,7 +605,14 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, direct,
                        static_cast<size_t>(m.seq_split_base[i] + part - m.seq_first_part[i]));
     }
+    DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqEnd);
+    DMLA_TRACE_MAX(lane == 0 && nseq < 8, kTrSeq + 8 * nseq + kSeqLastWarp);
+    ++nseq;
   }
+  DMLA_TRACE(tid == 0, kTrExit);
+  DMLA_TRACE_NS(tid == 0, kTrExitNs);
+  DMLA_TRACE_VALUE(tid == 0, kTrSeqs, nseq);
+  DMLA_TRACE_VALUE(tid == 0, kTrBlocks, consumed);
   }  // consumers
 }
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Sums up a decode trace (a build with -DDISTMLA_DECODE_TRACE=ON; kernels/src/decode_trace.cuh).
+
+  DISTMLA_TRACE_FILE=t.bin distmla_bench -b 128 -s 1024 -H 128    # the last launch, at exit
+  DISTMLA_TRACE_FILE=t.bin DISTMLA_TRACE_SYNC=1 distmla_bench ... -g 0   # launches alone
+  python3 scripts/decode_trace.py t.bin
+
+Prints, as medians over the CTAs in microseconds (clock64 converted with each CTA's own clock
+against %globaltimer): when the CTAs passed griddepcontrol.wait and finished; per sequence j of a
+part, the wait for its Q tile, the block loop, and the epilogue (row sums, barrier, the stores or
+staging, the last warp); the first block's wait for its KV stage; then the median wait and the
+median compute (stage full -> P V done) over the later blocks.
+"""
+import statistics as st
+import struct
+import sys
+
+CTAS, SLOTS = 264, 256
+ENTRY_NS, EXIT_NS, ENTRY, PDL, EXIT, SEQS, BLOCKS = 0, 1, 2, 3, 4, 6, 7
+SEQ, BLK_WAIT, BLK_DONE, PDL_NS = 8, 72, 136, 248
+START, QREADY, SUMS, SYNCED, LOOPEND, END, EPISYNC, LASTWARP = range(8)
+
+
+def main(path):
+    data = open(path, "rb").read()
+    words = struct.unpack("<%dQ" % (len(data) // 8), data)
+    ctas = [words[c * SLOTS:(c + 1) * SLOTS] for c in range(CTAS)]
+    ctas = [r for r in ctas if r[ENTRY_NS] and r[EXIT_NS] > r[ENTRY_NS]]
+    if not ctas:
+        sys.exit("no traced CTA in %s" % path)
+    ghz = st.median((r[EXIT] - r[ENTRY]) / (r[EXIT_NS] - r[ENTRY_NS]) for r in ctas)
+    us = lambda cycles: cycles / ghz / 1000.0
+    t0 = min(r[ENTRY_NS] for r in ctas)
+    rel = sorted((r[EXIT_NS] - t0) / 1000.0 for r in ctas)
+    pdl = st.median((r[PDL_NS] - t0) / 1000.0 for r in ctas)
+    print("%d CTAs, SM clock %.3f GHz; past griddepcontrol.wait at %.2f us; done: first %.2f, median %.2f, last %.2f us"
+          % (len(ctas), ghz, pdl, rel[0], rel[len(rel) // 2], rel[-1]))
+    for j in range(min(8, max(r[SEQS] for r in ctas))):
+        rows = [r for r in ctas if r[SEQS] > j]
+        b = SEQ + 8 * j
+        med = lambda a, z: st.median(us(r[b + z] - r[b + a]) for r in rows)
+        print("  sequence %d (%3d CTAs): Q wait %.2f, block loop %.2f, epilogue: sums %.2f, barrier %.2f, out %.2f, last warp %.2f"
+              % (j, len(rows), med(START, QREADY), med(SYNCED, LOOPEND), med(LOOPEND, SUMS), med(SUMS, EPISYNC),
+                 med(EPISYNC, END), med(EPISYNC, LASTWARP)))
+    nblk = min(64, int(st.median(r[BLOCKS] for r in ctas)))
+    if nblk < 2:
+        return
+    wait = [st.median(us(r[BLK_WAIT + k] - (r[BLK_DONE + k - 1] if k else r[SEQ + SYNCED])) for r in ctas
+                      if r[BLOCKS] > k) for k in range(nblk)]
+    comp = [st.median(us(r[BLK_DONE + k] - r[BLK_WAIT + k]) for r in ctas if r[BLOCKS] > k) for k in range(nblk)]
+    print("  first block's stage wait %.2f us; later blocks: wait %.2f, compute %.3f us (medians of %d)"
+          % (wait[0], st.median(wait[1:]), st.median(comp[1:]), nblk - 1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])
