@@ -57,8 +57,8 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
 // block: every consumer thread puts its normalised rows there with stmatrix (rows of kORowBytes,
 // 16 bytes of padding so that the 8 rows a stmatrix matrix writes hit distinct banks) and its
 // warp arrives on the stage's o_full barrier; the store warp (o_store_warp) copies the rows out.
-// Run 27: written from registers, the stores held the consumers 2-4.5 us a 64-row tile, and with
-// the bulk copies issued and awaited by the consumers themselves 3.3 us.
+// Runs 27-28: written from registers, the stores held the consumers 2-4.5 us a 64-row tile, and
+// with the bulk copies issued and awaited by the consumers themselves 3.3 us.
 // v6 only (v3's consumers spill with it).
 template <bool kDSplit>
 __device__ __forceinline__ bool staged_epilogue(const Params& p, bool direct, int a, int e) {
