@@ -15,6 +15,7 @@
 #include "distmla/dist/shard_data.h"
 #include "distmla/dist/shard_plan.h"
 #include "distmla/distmla.h"
+#include "distmla/reference.h"
 #include "distmla/workload.h"
 
 #define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
@@ -59,15 +60,30 @@ struct DevBuf {
   }
 };
 
-// One distributed step of wl on the GPU, for the layout in `layout` (tp, cp, mode, sub_batches;
+// The GPU suites' batch: 6 sequences of h_q 16 over 64-token pages, lengths 0, 1, 63, 65, 200,
+// 1000 (empty, shorter than a page, a page and one, several pages), with its double reference.
+struct RefWorkload {
+  Workload wl;
+  std::vector<double> out_ref, lse_ref;
+};
+inline RefWorkload varlen_step_workload(int s_q, uint64_t seed) {
+  WorkloadOptions wo;
+  wo.batch = 6; wo.s_q = s_q; wo.h_q = 16; wo.page_size = 64; wo.seed = seed;
+  wo.lengths = {0, 1, 63, 65, 200, 1000};
+  RefWorkload r{make_workload(wo), {}, {}};
+  reference_decode(r.wl.shape, r.wl.host_tensors(), &r.out_ref, &r.lse_ref);
+  return r;
+}
+
+// One distributed step of rw.wl on the GPU, for the layout in `layout` (tp, cp, mode, sub_batches;
 // the shape fields are filled here): the eager run, then the step captured in a CUDA graph that
 // reuses the schedules the eager run left (a later layer) and replayed twice, each against the
 // double reference with every output row NaN-poisoned first; with `exchange_alone` and CP > 1,
 // also run_exchange alone on the partials the replay left. cp_backend, when given, is the
 // backend the decoder's CP group must report.
-inline void check_gpu_step(Communicator& comm, const Workload& wl, const std::vector<double>& out_ref,
-                           const std::vector<double>& lse_ref, DecoderConfig layout, bool exchange_alone,
+inline void check_gpu_step(Communicator& comm, const RefWorkload& rw, DecoderConfig layout, bool exchange_alone,
                            cudaStream_t st, const char* cp_backend = nullptr) {
+  const Workload& wl = rw.wl;
   const dmlaDecodeShape_t& g = wl.shape;
   ShardPlan plan(comm.size(), comm.rank(), layout.tp, layout.cp, g.h_q, g.s_q, true, g.page_size);
   RankShard s = shard_batch(plan, g, wl.host_tensors());
@@ -112,7 +128,7 @@ inline void check_gpu_step(Communicator& comm, const Workload& wl, const std::ve
     ASSERT_EQ(wr, dmlaSuccess) << what[pass] << ": " << last_error_message();
     auto ho = out.host();
     auto hl = lse.host();
-    CompareResult cr = compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), out_ref, lse_ref);
+    CompareResult cr = compare_heads(g, oh, ho.data(), g.q_dtype, hl.data(), rw.out_ref, rw.lse_ref);
     EXPECT_TRUE(cr.ok()) << what[pass] << ": rel_err " << cr.rel_err << " lse " << cr.max_lse_err << " wrong "
                          << cr.wrong;
   }

@@ -27,8 +27,6 @@
 #include "distmla/dist/shard_data.h"
 #include "distmla/dist/store_communicator.h"
 #include "distmla/dist/tcp_store.h"
-#include "distmla/reference.h"
-#include "distmla/workload.h"
 #include "distmla/kernels/decode.h"
 
 using namespace distmla;
@@ -141,12 +139,7 @@ void check_decode(std::unique_ptr<Communicator> comm) {
   cudaStream_t st;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   for (int s_q : {1, 2, 4}) {
-    WorkloadOptions wo;
-    wo.batch = 6; wo.s_q = s_q; wo.h_q = 16; wo.page_size = 64; wo.seed = 7 + s_q;
-    wo.lengths = {0, 1, 63, 65, 200, 1000};
-    Workload wl = make_workload(wo);
-    std::vector<double> out_ref, lse_ref;
-    reference_decode(wl.shape, wl.host_tensors(), &out_ref, &lse_ref);
+    const test_util::RefWorkload rw = test_util::varlen_step_workload(s_q, 7 + s_q);
     const int n = comm->size();
     for (auto [tp, cp] : std::vector<std::pair<int, int>>{{1, n}, {n, 1}})
       for (MergeMode mode : {MergeMode::kAllGather, MergeMode::kAllToAll})
@@ -155,7 +148,7 @@ void check_decode(std::unique_ptr<Communicator> comm) {
                        " s_q " + std::to_string(s_q) + " sub_batches " + std::to_string(k));
           DecoderConfig layout;
           layout.tp = tp; layout.cp = cp; layout.mode = mode; layout.sub_batches = k;
-          test_util::check_gpu_step(*comm, wl, out_ref, lse_ref, layout, true, st);
+          test_util::check_gpu_step(*comm, rw, layout, true, st);
         }
   }
   cudaStreamDestroy(st);

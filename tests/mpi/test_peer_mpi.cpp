@@ -20,8 +20,6 @@
 #include "distmla/dist/shard_data.h"
 #include "distmla/distmla.hpp"
 #include "distmla/kernels/decode.h"
-#include "distmla/reference.h"
-#include "distmla/workload.h"
 
 using namespace distmla;
 using namespace distmla::dist;
@@ -259,15 +257,10 @@ TEST(PeerDecode, CpAllToAllMatchesReferenceOnSharedGpus) {
   for (int s_q : {1, 2})
     for (int k : {1, 2}) {
       SCOPED_TRACE("s_q " + std::to_string(s_q) + " sub_batches " + std::to_string(k));
-      WorkloadOptions wo;
-      wo.batch = 6; wo.s_q = s_q; wo.h_q = 16; wo.page_size = 64; wo.seed = 11 + s_q;
-      wo.lengths = {0, 1, 63, 65, 200, 1000};
-      Workload wl = make_workload(wo);
-      std::vector<double> out_ref, lse_ref;
-      reference_decode(wl.shape, wl.host_tensors(), &out_ref, &lse_ref);
+      const test_util::RefWorkload rw = test_util::varlen_step_workload(s_q, 11 + s_q);
       DecoderConfig layout;
       layout.tp = 1; layout.cp = n; layout.mode = MergeMode::kAllToAll; layout.sub_batches = k;
-      test_util::check_gpu_step(*world, wl, out_ref, lse_ref, layout, true, st, "peer+mpi-staged");
+      test_util::check_gpu_step(*world, rw, layout, true, st, "peer+mpi-staged");
     }
   cudaStreamDestroy(st);
 }
