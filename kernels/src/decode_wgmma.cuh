@@ -148,10 +148,27 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
   bulk_wait();
 }
 
+// First KV-cache row of the R tokens from tok0 of sequence i, through the block table (entries
+// clamped so that a bad one cannot fault).
+__device__ __forceinline__ int kv_piece_row(const Params& p, int i, int tok0) {
+  int lp = tok0 / p.page_size;
+  if (lp >= p.max_blocks_per_seq) lp = p.max_blocks_per_seq - 1;
+  int phys = p.block_table[static_cast<size_t>(i) * p.max_blocks_per_seq + lp];
+  phys = phys < 0 ? 0 : (phys >= p.num_blocks ? p.num_blocks - 1 : phys);
+  return phys * p.page_size + tok0 % p.page_size;
+}
+
+// v6's Q K^T reads chunks 0-4 in warpgroup 0 and 4-8 in warpgroup 1, so the loads alternate
+// between the two halves: each warpgroup's first product waits for one chunk, not for the block.
+__device__ __forceinline__ int kv_chunk_order(int j) { return j == 8 ? 8 : (j % 2 == 0 ? j / 2 : 4 + j / 2); }
+
 // The TMA producer (one thread): loads the 64-token blocks of the part's sequences, in order,
-// into kStages stages (full barrier bar0 + 8 s, expect-tx), each once its consumers released it
-// (empty barrier empty0 + 8 s). Only pages that hold a token below the length are read (pages of
-// 16 or 32 tokens are several boxes a block); rows past the length keep stale data.
+// into kStages stages, each once its consumers released it (empty barrier empty0 + 8 s). Each
+// chunk of a stage has its own full barrier (bar0 + 8 (s kChunks + c), expect-tx), so that v6's
+// consumers start each product as soon as its chunk has landed instead of waiting for the whole
+// 72 KB block (with two stages the load of block n + 2 starts only when block n is done; run 31).
+// Only pages that hold a token below the length are read (pages of 16 or 32 tokens are several
+// boxes a block); rows past the length keep stale data.
 template <bool kDSplit>
 __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Params& p, uint32_t sKV0, uint32_t bar0,
                                             uint32_t empty0, uint32_t o_free0, int part, int seq_begin,
@@ -178,21 +195,19 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
       if (staged && n == e - 1) held |= 1u << stage;
       DMLA_TRACE(produced < 48, kTrIssue + produced);
       const uint32_t dst = sKV0 + stage * kTileBytes;
-      const uint32_t bar = bar0 + 8 * stage;
-      int npieces = 0;
-      for (int k = 0; k < pieces; ++k) {
-        if (n * kBlockN + k * R < L) ++npieces;
-      }
-      mbar_arrive_expect_tx(bar, static_cast<uint32_t>(npieces * kChunks * R * 128));
-      for (int k = 0; k < npieces; ++k) {
-        const int tok0 = n * kBlockN + k * R;
-        int lp = tok0 / p.page_size;
-        if (lp >= p.max_blocks_per_seq) lp = p.max_blocks_per_seq - 1;
-        int phys = p.block_table[static_cast<size_t>(i) * p.max_blocks_per_seq + lp];
-        phys = phys < 0 ? 0 : (phys >= p.num_blocks ? p.num_blocks - 1 : phys);
-        const int row = phys * p.page_size + tok0 % p.page_size;
+      // The block's pieces (R tokens of a page) below the length; a barrier a chunk, chunks in the
+      // order the warpgroups' Q K^T reads them (kv_chunk_order).
+      const int tok = n * kBlockN;
+      const int np = min(pieces, (L - tok + R - 1) / R);
+      for (int c = 0; c < kChunks; ++c)
+        mbar_arrive_expect_tx(bar0 + 8 * (stage * kChunks + c), static_cast<uint32_t>(np * R * 128));
+      for (int k = 0; k < np; ++k) {
+        const int row = kv_piece_row(p, i, tok + k * R);
 #pragma unroll 1
-        for (int c = 0; c < kChunks; ++c) tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, bar, c * 64, row);
+        for (int j = 0; j < kChunks; ++j) {
+          const int c = kv_chunk_order(j);
+          tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, bar0 + 8 * (stage * kChunks + c), c * 64, row);
+        }
       }
       ++produced;
     }
@@ -231,12 +246,13 @@ __device__ __forceinline__ void q_rope_from_smem(uint32_t (&qr)[4][4], const uin
 }
 
 // acc (+)= Q K^T over k-steps [G0, G1) of 16 dims, both operands from smem (m64n64); the first
-// step overwrites acc.
+// step overwrites acc. Each KV chunk's first product waits for the chunk's barrier (full + 8 c).
 template <typename Elem, int G0, int G1>
-__device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t sQ, uint32_t sK) {
+__device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t sQ, uint32_t sK, uint32_t full, uint32_t par) {
 #pragma unroll
   for (int g = G0; g < G1; ++g) {
     const int c = g / 4, kk = g % 4;
+    if (g == G0 || kk == 0) mbar_wait(full + 8 * c, par);
     ElemTraits<Elem>::qk64(acc, make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024),
                            make_desc(sK + c * kChunkBytes + kk * 32, 16, 1024), g > G0);
   }
@@ -244,22 +260,24 @@ __device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t sQ, uint32
 
 // v6 Q K^T (see decode_wgmma3_kernel): s = this warpgroup's 32 tokens of S = Q K^T, summed over
 // both warpgroups' halves of the 576 dims. x_q: Q's rope chunk in smem (warpgroup 0's exchange
-// slot), x_kv: the stage's rope chunk (warpgroup 1's); t = thread in the warpgroup.
+// slot), x_kv: the stage's rope chunk (warpgroup 1's); t = thread in the warpgroup; full, par:
+// the stage's chunk barriers and their phase parity.
 template <typename Elem>
 __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4][4], uint32_t sQ, uint32_t sK,
-                                          uint8_t* x_q, uint8_t* x_kv, int wg, int t) {
+                                          uint32_t full, uint32_t par, uint8_t* x_q, uint8_t* x_kv, int wg, int t) {
   float acc[32];  // the first product of each branch overwrites it (scale-d 0)
   // 18 k-steps each: warpgroup 0 chunks 0-3 and half of 4; warpgroup 1 the other half of 4,
   // chunks 5-7 from smem, then the rope chunk with A from registers. Each branch waits for its
   // own products (a branch join with groups in flight serialises every wgmma: ptxas C7520).
   if (wg == 0) {
     wgmma_fence();
-    qk64_steps<Elem, 0, 18>(acc, sQ, sK);
+    qk64_steps<Elem, 0, 18>(acc, sQ, sK, full, par);
     wgmma_commit();
     wgmma_wait0();
   } else {
     wgmma_fence();
-    qk64_steps<Elem, 18, 32>(acc, sQ, sK);
+    qk64_steps<Elem, 18, 32>(acc, sQ, sK, full, par);
+    mbar_wait(full + 8 * 8, par);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       ElemTraits<Elem>::qk64_rs(acc, qr[kk], make_desc(sK + 8 * kChunkBytes + kk * 32, 16, 1024));
@@ -303,7 +321,8 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
 // the TMA loads themselves, and need no end-of-block barrier.
 // ---------------------------------------------------------------------------------------------
 constexpr int kPBytes = kBlockM * kBlockN * 2;  // 8 KB
-constexpr int kBarrierBytes = 128;  // the mbarriers below, 8 bytes each
+constexpr int kBarrierBytes = 256;  // the mbarriers below, 8 bytes each
+static_assert((kStages * kChunks + kStages + 2 + 2 * kStages) * 8 <= kBarrierBytes, "the kernel's mbarriers fit");
 constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + kBarrierBytes + 512 /*max*/ +
                            512 /*sum*/ + 1024 /*align*/;
 constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one active thread)
@@ -342,15 +361,16 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const int part = blockIdx.x;
   const int tile = blockIdx.y;
 
-  const uint32_t empty0 = bar0 + 8 * kStages;  // consumer -> producer, one arrival per consumer warp
-  const uint32_t q_full = bar0 + 16 * kStages, q_empty = q_full + 8;  // the Q tile's, likewise
+  // bar0: a full barrier per chunk and stage (kv_producer)
+  const uint32_t empty0 = bar0 + 8 * kStages * kChunks;  // consumer -> producer, one arrival per consumer warp
+  const uint32_t q_full = empty0 + 8 * kStages, q_empty = q_full + 8;  // the Q tile's, likewise
   // per stage: the consumers' staged O tile is in it / has left it (stage_rows_16bit, o_store_warp)
   const uint32_t o_full0 = q_empty + 8, o_free0 = o_full0 + 8 * kStages;
   DMLA_TRACE_NS(tid == 0, kTrEntryNs);
   DMLA_TRACE(tid == 0, kTrEntry);
   for (int j = 0; j < 8; ++j) DMLA_TRACE_VALUE(tid == 0, kTrSeq + 8 * j + kSeqLastWarp, 0);
   if (tid == 0) {
-    for (int s = 0; s < kStages; ++s) mbar_init(bar0 + 8 * s, 1);
+    for (int s = 0; s < kStages * kChunks; ++s) mbar_init(bar0 + 8 * s, 1);
     for (int s = 0; s < kStages; ++s) mbar_init(empty0 + 8 * s, kThreads / 32);
     mbar_init(q_full, 1);
     mbar_init(q_empty, kThreads / 32);
@@ -429,9 +449,14 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     for (int n = a; n < e; ++n) {
       const int stage = consumed % kStages;
       const uint32_t sK = sKV0 + stage * kTileBytes;
-      mbar_wait(bar0 + 8 * stage, (consumed / kStages) & 1);
-      DMLA_TRACE(tid == 0 && consumed < 64, kTrBlkWait + consumed);
+      const uint32_t full = bar0 + 8 * stage * kChunks, par = (consumed / kStages) & 1;
       const int valid = min(L - n * kBlockN, kBlockN);
+      // v6 waits for each chunk right before its first product (qk_dsplit); v3, and a block
+      // whose stale rows are zeroed first, wait for the whole block here.
+      if (!kDSplit || valid < kBlockN) {
+        for (int c = 0; c < kChunks; ++c) mbar_wait(full + 8 * c, par);
+      }
+      DMLA_TRACE(tid == 0 && consumed < 64, kTrBlkWait + consumed);
       if (valid < kBlockN) {
         uint8_t* gK = gKV0 + stage * kTileBytes;
         int nrows = kBlockN - valid;
@@ -447,7 +472,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 
       float s[16];
       if constexpr (kDSplit) {
-        qk_dsplit<Elem>(s, qr, sQ, sK, gbase + 8 * kChunkBytes, gKV0 + stage * kTileBytes + 8 * kChunkBytes, wg,
+        qk_dsplit<Elem>(s, qr, sQ, sK, full, par, gbase + 8 * kChunkBytes, gKV0 + stage * kTileBytes + 8 * kChunkBytes, wg,
                         tid % 128);
       } else {
         // ---- S_w = Q K[32w .. 32w+32)^T (64 x 32, K = 576) ----
