@@ -57,7 +57,11 @@ class MpiCommunicator final : public Communicator {
   ~MpiCommunicator() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    // After a timeout a collective is still pending on comm_ (MPI cannot cancel one), and the
+    // late ranks may yet enter it: freeing the communicator under it made the next
+    // communicator's progress crash (4 ranks; tests/mpi MpiCommunicator.TimedOut...). Such a
+    // communicator is left to MPI_Finalize.
+    if (!finalized && comm_ != MPI_COMM_NULL && !broken_) MPI_Comm_free(&comm_);
   }
 
   int rank() const override { return rank_; }

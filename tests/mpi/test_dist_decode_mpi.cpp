@@ -167,6 +167,26 @@ TEST(DistDecodeMpi, OneHeadEmptySlices) {
   run_case(c);
 }
 
+TEST(MpiCommunicator, TimedOutCommunicatorDestroyedBeforeTheLateRankArrives) {
+  // The other ranks time out on a barrier and destroy their communicator before rank 0 enters
+  // it; rank 0's barrier then reaches their abandoned requests. MPI must stay usable for a new
+  // communicator on every rank (freeing a communicator under a pending collective crashed the
+  // next one's progress: 4 ranks on 2 H200s, 2026-11-29).
+  if (world_size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  {
+    auto comm = make_mpi_communicator(MPI_COMM_WORLD, CommOptions{200});
+    if (comm->rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    const dmlaResult_t r = comm->barrier();
+    EXPECT_EQ(r, comm->rank() == 0 ? dmlaSuccess : dmlaErrorTimeout) << last_error_message();
+  }
+  auto fresh = make_mpi_communicator(MPI_COMM_WORLD, CommOptions{20000});
+  const int mine = fresh->rank() + 100;
+  std::vector<int> all(fresh->size(), -1);
+  ASSERT_EQ(fresh->all_gather(&mine, all.data(), sizeof(int), nullptr), dmlaSuccess) << last_error_message();
+  for (int r = 0; r < fresh->size(); ++r) EXPECT_EQ(all[r], r + 100);
+  EXPECT_EQ(fresh->barrier(), dmlaSuccess) << last_error_message();
+}
+
 TEST(MpiCommunicator, LateRankGivesTimeoutNotHang) {
   // Rank 0 waits for a rank that comes late: dmlaErrorTimeout after the deadline, and the
   // communicator refuses further calls. The late rank completes the collective afterwards.

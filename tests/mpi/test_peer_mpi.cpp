@@ -42,9 +42,11 @@ int device_of_rank() {
     cudaSetDevice(device_of_rank());                                \
   } while (0)
 
-std::unique_ptr<Communicator> make_comm(int timeout_ms) {
-  return make_peer_communicator(make_mpi_communicator(MPI_COMM_WORLD, CommOptions{timeout_ms}), device_of_rank(),
-                                CommOptions{timeout_ms});
+// peer_ms: the deadline of the peer kernel's waits. The MPI bootstrap's is longer, so that its
+// barrier in the destructor waits for a rank that is late by one peer deadline.
+std::unique_ptr<Communicator> make_comm(int peer_ms) {
+  return make_peer_communicator(make_mpi_communicator(MPI_COMM_WORLD, CommOptions{20000}), device_of_rank(),
+                                CommOptions{peer_ms});
 }
 
 // Word i of the chunk that rank `from` sends to rank `to` in call `it`.

@@ -1,5 +1,7 @@
 // Communicator over host buffers on MPI (the CPU backend and CI). Non-blocking MPI calls polled
-// against the deadline, so a lost rank gives dmlaErrorTimeout instead of a hang.
+// against the deadline, so a lost rank gives dmlaErrorTimeout instead of a hang. After a timeout
+// the communicator refuses further calls, and its duplicate of comm is not freed on destruction
+// (a collective is still pending on it; MPI_Finalize releases it).
 #pragma once
 
 #include <memory>
