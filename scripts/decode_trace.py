@@ -50,6 +50,13 @@ def main(path):
     comp = [st.median(us(r[BLK_DONE + k] - r[BLK_WAIT + k]) for r in ctas if r[BLOCKS] > k) for k in range(nblk)]
     print("  first block's stage wait %.2f us; later blocks: wait %.2f, compute %.3f us (medians of %d)"
           % (wait[0], st.median(wait[1:]), st.median(comp[1:]), nblk - 1))
+    # The medians hide the tail that a two-stage pipeline pays for: block periods (P V done to
+    # P V done) of every CTA, pooled.
+    per = sorted(us(r[BLK_DONE + k] - r[BLK_DONE + k - 1]) for r in ctas for k in range(1, min(64, r[BLOCKS])))
+    if per:
+        q = lambda f: per[min(len(per) - 1, int(f * len(per)))]
+        print("  block period: mean %.2f, p50 %.2f, p90 %.2f, p99 %.2f, max %.2f us (%d periods)"
+              % (st.mean(per), q(0.5), q(0.9), q(0.99), per[-1], len(per)))
 
 
 if __name__ == "__main__":

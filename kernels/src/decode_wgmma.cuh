@@ -472,8 +472,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 
       float s[16];
       if constexpr (kDSplit) {
-        qk_dsplit<Elem>(s, qr, sQ, sK, full, par, gbase + 8 * kChunkBytes, gKV0 + stage * kTileBytes + 8 * kChunkBytes, wg,
-                        tid % 128);
+        qk_dsplit<Elem>(s, qr, sQ, sK, full, par, gbase + 8 * kChunkBytes,
+                        gKV0 + stage * kTileBytes + 8 * kChunkBytes, wg, tid % 128);
       } else {
         // ---- S_w = Q K[32w .. 32w+32)^T (64 x 32, K = 576) ----
 #pragma unroll
