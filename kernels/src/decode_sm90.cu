@@ -22,7 +22,9 @@
 //   simple: CUDA cores, one warp per row (debug reference for schedule/combine).
 //
 // Files: decode_layout.cuh (sizes, workspace, Params), ptx.cuh (PTX wrappers), schedule.cuh,
-// decode_wgmma.cuh (v3), decode_simple.cuh, combine.cuh; this file holds the host side.
+// decode_wgmma.cuh (v6 / v3: Q K^T and the kernel), decode_producers.cuh (the TMA producer warps),
+// decode_epilogue.cuh (out from registers or staged through smem and the store warp),
+// decode_simple.cuh, combine.cuh; this file holds the host side.
 #include <cuda.h>
 #include <cuda_runtime.h>
 

@@ -1,0 +1,147 @@
+#pragma once
+// Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
+// The wgmma kernels' epilogue: rows from registers (write_rows), or staged in the smem stage of
+// the sequence's last KV block and copied out by the store warp (stage_rows_16bit, o_store_warp).
+#include "decode_layout.cuh"
+#include "ptx.cuh"
+#include "schedule.cuh"
+
+namespace distmla::kernels::detail {
+
+// Epilogue of the wgmma kernels: this warpgroup's 256 output columns of rows r0 and r0 + 8,
+// normalised by inv; straight to out/lse when the sequence has one split, else to the partials.
+template <typename Elem>
+__device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128], const float (&inv)[2],
+                                           const float (&lse_r)[2], int i, int tile, int r0, int cq, int wg,
+                                           int lane, bool direct, size_t slot) {
+  const Meta& m = p.meta;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int gr = tile * kBlockM + r0 + 8 * h;
+    if (gr >= p.rows) continue;
+    if (direct) {
+      const SliceRowOffsets dst = out_row(p, i, gr);
+      const size_t orow = dst.o + wg * 256 + cq;
+      if (p.out_fp32) {
+        float* out = static_cast<float*>(p.out) + orow;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          *reinterpret_cast<float2*>(out + 8 * j) =
+              make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        }
+      } else {
+        uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out) + orow);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        }
+      }
+      if (wg == 0 && (lane % 4) == 0) p.lse[dst.lse] = lse_r[h];
+    } else {
+      float* out = m.part_o + (slot * p.rows + gr) * kDV + wg * 256 + cq;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        *reinterpret_cast<float2*>(out + 8 * j) =
+            make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+      }
+      if (wg == 0 && (lane % 4) == 0) m.part_lse[slot * p.rows + gr] = lse_r[h];
+    }
+  }
+}
+
+// Epilogue for 16-bit out of a sequence with one split, through the smem stage of its last KV
+// block: every consumer thread puts its normalised rows there with stmatrix (rows of kORowBytes,
+// 16 bytes of padding so that the 8 rows a stmatrix matrix writes hit distinct banks) and its
+// warp arrives on the stage's o_full barrier; the store warp (o_store_warp) copies the rows out.
+// Runs 27-28: written from registers, the stores held the consumers 2-4.5 us a 64-row tile, and
+// with the bulk copies issued and awaited by the consumers themselves 3.3 us.
+// v6 only (v3's consumers spill with it).
+template <bool kDSplit>
+__device__ __forceinline__ bool staged_epilogue(const Params& p, bool direct, int a, int e) {
+  return kDSplit && direct && !p.out_fp32 && e > a;
+}
+constexpr int kORowBytes = kDV * 2 + 16;
+constexpr int kORowTable = kBlockM * kORowBytes;  // then each row's element offset in out (-1: none)
+static_assert(kORowTable + kBlockM * 8 <= kTileBytes, "the staged O tile must fit a KV stage");
+template <typename Elem>
+__device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&o)[128], const float (&inv)[2],
+                                                 const float (&lse_r)[2], int i, int tile, int r0, int wg,
+                                                 int warp_in_wg, int lane, uint32_t s_stage, uint32_t o_full_bar) {
+  // stmatrix v covers groups j = 2v, 2v + 1: matrix k is (group 2v + k / 2, row half k % 2), and
+  // this lane gives row lane % 8 of matrix lane / 8. A warp with no valid row skips it.
+  if (tile * kBlockM + warp_in_wg * 16 < p.rows) {
+    const int mk = lane / 8;
+    const uint32_t row_addr =
+        s_stage + (warp_in_wg * 16 + 8 * (mk % 2) + lane % 8) * kORowBytes + (wg * 256 + 8 * (mk / 2)) * 2;
+#pragma unroll
+    for (int v = 0; v < 16; ++v) {
+      uint32_t w[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int j = 2 * v + k / 2, h = k % 2;
+        w[k] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+      }
+      stmatrix_x4(row_addr + v * 32, w[0], w[1], w[2], w[3]);
+    }
+  }
+  // lse, and the out offsets of this warp's 16 rows into the stage's table, written by lane 0
+  // alone (the store warp reads them after o_full, which only lane 0's arrival publishes).
+  if (wg == 0) {
+    long long off[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int gr = tile * kBlockM + r0 + 8 * h;
+      off[h] = -1;
+      if (gr < p.rows) {
+        const SliceRowOffsets dst = out_row(p, i, gr);
+        if (lane % 4 == 0) p.lse[dst.lse] = lse_r[h];
+        off[h] = static_cast<long long>(dst.o);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const long long o0 = __shfl_sync(0xffffffffu, off[0], 4 * k), o1 = __shfl_sync(0xffffffffu, off[1], 4 * k);
+      if (lane == 0) {
+        st_shared_s64(s_stage + kORowTable + 8 * (warp_in_wg * 16 + k), o0);
+        st_shared_s64(s_stage + kORowTable + 8 * (warp_in_wg * 16 + 8 + k), o1);
+      }
+    }
+  }
+  fence_proxy_async();  // the generic stmatrix writes, before the bulk copies read them
+  __syncwarp();
+  if (lane == 0) mbar_arrive(o_full_bar);
+}
+
+// The store warp (warp 10, in the producer warpgroup): for each sequence of the part whose
+// epilogue is staged, waits for the consumers' O tile in the stage of its last block (o_full),
+// copies the rows the consumers gave an offset to out with bulk copies (two rows a lane), and
+// frees the stage for the producer once the copies have read it (o_free, an arrival a lane).
+// Before exiting it waits for its copies' writes.
+template <bool kDSplit>
+__device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uint32_t o_full0, uint32_t o_free0,
+                                             int part, int seq_begin, int seq_end, int lane) {
+  const Meta& m = p.meta;
+  const int W = m.hdr[0];
+  uint32_t blocks = 0, parity = 0;  // blocks of the part so far; bit s: parity of stage s's next o_full
+  for (int i = seq_begin; i < seq_end; ++i) {
+    int a, e;
+    part_block_range(m, W, part, i, a, e);
+    blocks += e - a;
+    if (!staged_epilogue<kDSplit>(p, m.seq_nsplit[i] <= 1, a, e)) continue;
+    const int s = (blocks - 1) % kStages;
+    mbar_wait(o_full0 + 8 * s, parity >> s & 1);
+    parity ^= 1u << s;
+    const uint32_t tile_base = sKV0 + s * kTileBytes;
+#pragma unroll
+    for (int r = lane; r < kBlockM; r += 32) {
+      const long long off = ld_shared_s64(tile_base + kORowTable + 8 * r);
+      if (off >= 0) bulk_store(static_cast<uint16_t*>(p.out) + off, tile_base + r * kORowBytes, kDV * 2);
+    }
+    bulk_commit();
+    bulk_wait_read();
+    mbar_arrive(o_free0 + 8 * s);  // every lane, once its own copies have read the stage
+  }
+  bulk_wait();
+}
+
+}  // namespace distmla::kernels::detail

@@ -1,0 +1,95 @@
+#pragma once
+// Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
+// The wgmma kernels' producer warps: the KV blocks and the Q tiles by TMA onto their mbarriers.
+#include <cuda.h>
+
+#include "decode_epilogue.cuh"
+#include "decode_layout.cuh"
+#include "decode_trace.cuh"
+#include "ptx.cuh"
+#include "schedule.cuh"
+
+namespace distmla::kernels::detail {
+
+// First KV-cache row of the R tokens from tok0 of sequence i, through the block table (entries
+// clamped so that a bad one cannot fault).
+__device__ __forceinline__ int kv_piece_row(const Params& p, int i, int tok0) {
+  int lp = tok0 / p.page_size;
+  if (lp >= p.max_blocks_per_seq) lp = p.max_blocks_per_seq - 1;
+  int phys = p.block_table[static_cast<size_t>(i) * p.max_blocks_per_seq + lp];
+  phys = phys < 0 ? 0 : (phys >= p.num_blocks ? p.num_blocks - 1 : phys);
+  return phys * p.page_size + tok0 % p.page_size;
+}
+
+// v6's Q K^T reads chunks 0-4 in warpgroup 0 and 4-8 in warpgroup 1, so the loads alternate
+// between the two halves: each warpgroup's first product waits for one chunk, not for the block.
+__device__ __forceinline__ int kv_chunk_order(int j) { return j == 8 ? 8 : (j % 2 == 0 ? j / 2 : 4 + j / 2); }
+
+// The TMA producer (one thread): loads the 64-token blocks of the part's sequences, in order,
+// into kStages stages, each once its consumers released it (empty barrier empty0 + 8 s). Each
+// chunk of a stage has its own full barrier (bar0 + 8 (s kChunks + c), expect-tx), so that v6's
+// consumers start each product as soon as its chunk has landed instead of waiting for the whole
+// 72 KB block (with two stages the load of block n + 2 starts only when block n is done; run 31).
+// Only pages that hold a token below the length are read (pages of 16 or 32 tokens are several
+// boxes a block); rows past the length keep stale data.
+template <bool kDSplit>
+__device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Params& p, uint32_t sKV0, uint32_t bar0,
+                                            uint32_t empty0, uint32_t o_free0, int part, int seq_begin,
+                                            int seq_end) {
+  const Meta& m = p.meta;
+  const int W = m.hdr[0];
+  const int R = p.page_size < kBlockN ? p.page_size : kBlockN;
+  const int pieces = kBlockN / R;
+  uint32_t produced = 0;
+  uint32_t held = 0, freed = 0;  // bit s: stage s holds a staged O tile / parity of its o_free waits
+  for (int i = seq_begin; i < seq_end; ++i) {
+    int a, e;
+    part_block_range(m, W, part, i, a, e);
+    const int L = m.seq_len[i];
+    const bool staged = staged_epilogue<kDSplit>(p, m.seq_nsplit[i] <= 1, a, e);
+    for (int n = a; n < e; ++n) {
+      if (produced >= kStages) mbar_wait(empty0 + 8 * (produced % kStages), ((produced / kStages) - 1) & 1);
+      const int stage = produced % kStages;
+      if (held >> stage & 1) {
+        mbar_wait(o_free0 + 8 * stage, freed >> stage & 1);
+        freed ^= 1u << stage;
+        held &= ~(1u << stage);
+      }
+      if (staged && n == e - 1) held |= 1u << stage;
+      DMLA_TRACE(produced < 48, kTrIssue + produced);
+      const uint32_t dst = sKV0 + stage * kTileBytes;
+      // The block's pieces (R tokens of a page) below the length; a barrier a chunk, chunks in the
+      // order the warpgroups' Q K^T reads them (kv_chunk_order).
+      const int tok = n * kBlockN;
+      const int np = min(pieces, (L - tok + R - 1) / R);
+      for (int c = 0; c < kChunks; ++c)
+        mbar_arrive_expect_tx(bar0 + 8 * (stage * kChunks + c), static_cast<uint32_t>(np * R * 128));
+      for (int k = 0; k < np; ++k) {
+        const int row = kv_piece_row(p, i, tok + k * R);
+#pragma unroll 1
+        for (int j = 0; j < kChunks; ++j) {
+          const int c = kv_chunk_order(j);
+          tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, bar0 + 8 * (stage * kChunks + c), c * 64, row);
+        }
+      }
+      ++produced;
+    }
+  }
+}
+
+// The Q producer (one thread of another warp): the Q tile of each sequence of the part by TMA
+// (9 chunks of [64 rows][64 dims], 128B-swizzled; rows past p.rows are out of the tensor map's
+// bounds and arrive as zeros) onto q_full, each as soon as the consumers released the previous
+// one after their last Q K^T (q_empty), so the load overlaps that sequence's last softmax, P V and
+// epilogue instead of starting the next sequence (run 27: 2.6-5.7 us a sequence when loaded there).
+__device__ __forceinline__ void q_producer(const CUtensorMap& q_map, uint32_t sQ, uint32_t q_full, uint32_t q_empty,
+                                           int tile, int seq_begin, int seq_end) {
+  for (int i = seq_begin, n = 0; i < seq_end; ++i, ++n) {
+    if (n > 0) mbar_wait(q_empty, (n - 1) & 1);
+    mbar_arrive_expect_tx(q_full, static_cast<uint32_t>(kTileBytes));
+#pragma unroll 1
+    for (int c = 0; c < kChunks; ++c) tma_load_3d(sQ + c * kChunkBytes, &q_map, q_full, c * 64, tile * kBlockM, i);
+  }
+}
+
+}  // namespace distmla::kernels::detail
