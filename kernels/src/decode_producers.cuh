@@ -21,13 +21,16 @@ __device__ __forceinline__ int kv_piece_row(const Params& p, int i, int tok0) {
   return phys * p.page_size + tok0 % p.page_size;
 }
 
+// Stage s's full barriers, one a chunk: chunk c's is stage_full_bars(bar0, s) + 8 c.
+__device__ __forceinline__ uint32_t stage_full_bars(uint32_t bar0, int stage) { return bar0 + 8 * kChunks * stage; }
+
 // v6's Q K^T reads chunks 0-4 in warpgroup 0 and 4-8 in warpgroup 1, so the loads alternate
 // between the two halves: each warpgroup's first product waits for one chunk, not for the block.
 __device__ __forceinline__ int kv_chunk_order(int j) { return j == 8 ? 8 : (j % 2 == 0 ? j / 2 : 4 + j / 2); }
 
 // The TMA producer (one thread): loads the 64-token blocks of the part's sequences, in order,
 // into kStages stages, each once its consumers released it (empty barrier empty0 + 8 s). Each
-// chunk of a stage has its own full barrier (bar0 + 8 (s kChunks + c), expect-tx), so that v6's
+// chunk of a stage has its own full barrier (stage_full_bars, expect-tx), so that v6's
 // consumers start each product as soon as its chunk has landed instead of waiting for the whole
 // 72 KB block (with two stages the load of block n + 2 starts only when block n is done; run 31).
 // Only pages that hold a token below the length are read (pages of 16 or 32 tokens are several
@@ -57,19 +60,19 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
       }
       if (staged && n == e - 1) held |= 1u << stage;
       DMLA_TRACE(produced < 48, kTrIssue + produced);
-      const uint32_t dst = sKV0 + stage * kTileBytes;
+      const uint32_t dst = sKV0 + stage * kTileBytes, full = stage_full_bars(bar0, stage);
       // The block's pieces (R tokens of a page) below the length; a barrier a chunk, chunks in the
       // order the warpgroups' Q K^T reads them (kv_chunk_order).
       const int tok = n * kBlockN;
       const int np = min(pieces, (L - tok + R - 1) / R);
       for (int c = 0; c < kChunks; ++c)
-        mbar_arrive_expect_tx(bar0 + 8 * (stage * kChunks + c), static_cast<uint32_t>(np * R * 128));
+        mbar_arrive_expect_tx(full + 8 * c, static_cast<uint32_t>(np * R * 128));
       for (int k = 0; k < np; ++k) {
         const int row = kv_piece_row(p, i, tok + k * R);
 #pragma unroll 1
         for (int j = 0; j < kChunks; ++j) {
           const int c = kv_chunk_order(j);
-          tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, bar0 + 8 * (stage * kChunks + c), c * 64, row);
+          tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, full + 8 * c, c * 64, row);
         }
       }
       ++produced;

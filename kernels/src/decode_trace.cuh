@@ -21,7 +21,8 @@ enum TraceSlot : int {
   kTrSeqs = 6,       // sequences of the part (a count)
   kTrBlocks = 7,     // blocks of the part (a count)
   kTrSeq = 8,        // + 8 j + SeqField, sequences j < 8
-  kTrBlkWait = 72,   // + k: block k's stage is full (consumer), k < 64
+  kTrBlkWait = 72,   // + k: block k's wait is done (consumer), k < 64: v3 the whole stage; v6
+                     // none here (it waits a chunk at a time inside Q K^T), so its "compute" includes them
   kTrBlkDone = 136,  // + k: block k's P V is done
   kTrIssue = 200,    // + k: the producer issued block k's TMA, k < 48
   kTrPdlNs = 248,    // %globaltimer after griddepcontrol.wait

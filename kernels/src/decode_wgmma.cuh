@@ -147,8 +147,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const int part = blockIdx.x;
   const int tile = blockIdx.y;
 
-  // bar0: a full barrier per chunk and stage (kv_producer)
-  const uint32_t empty0 = bar0 + 8 * kStages * kChunks;  // consumer -> producer, one arrival per consumer warp
+  // bar0: a full barrier per chunk and stage (stage_full_bars)
+  const uint32_t empty0 = stage_full_bars(bar0, kStages);  // consumer -> producer, one arrival per consumer warp
   const uint32_t q_full = empty0 + 8 * kStages, q_empty = q_full + 8;  // the Q tile's, likewise
   // per stage: the consumers' staged O tile is in it / has left it (stage_rows_16bit, o_store_warp)
   const uint32_t o_full0 = q_empty + 8, o_free0 = o_full0 + 8 * kStages;
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     for (int n = a; n < e; ++n) {
       const int stage = consumed % kStages;
       const uint32_t sK = sKV0 + stage * kTileBytes;
-      const uint32_t full = bar0 + 8 * stage * kChunks, par = (consumed / kStages) & 1;
+      const uint32_t full = stage_full_bars(bar0, stage), par = (consumed / kStages) & 1;
       const int valid = min(L - n * kBlockN, kBlockN);
       // v6 waits for each chunk right before its first product (qk_dsplit); v3, and a block
       // whose stale rows are zeroed first, wait for the whole block here.
