@@ -2,24 +2,47 @@
 // Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
 // The log-sum-exp combine of split sequences.
 #include <cmath>
+#include <type_traits>
 
 #include "decode_layout.cuh"
+#include "decode_trace.cuh"
 #include "ptx.cuh"
 
 namespace distmla::kernels::detail {
 
 // ---------------------------------------------------------------------------------------------
-// Combine: merge the fp32 partials of split sequences by log-sum-exp (DESIGN.md section 3).
-// grid (batch, ceil(rows * kQ / 8)): kQ warps a row, each over 512 / kQ columns, with 16 float4
-// loads of a lane in flight (kVec columns x kGroup splits). kQ = 1 suits many sequences of a few
-// splits; kQ = 4 a few sequences of many splits (one sequence over 66 parts: 5 round trips
-// instead of 17). Launched with programmatic dependent launch.
+// Combine: merge the partials of split sequences (Meta::part_o: fp32, or the 16-bit out type) by
+// log-sum-exp (DESIGN.md section 3). grid (batch, ceil(rows * kQ / 8)): kQ warps a row, each over
+// 512 / kQ columns. The weights come first, from the lse alone: lane s holds split s's lse (32
+// splits a round), the warp reduces their max and sum, and a split's normalised weight is a
+// shuffle from its lane, so the o loop is loads and FMAs only (run 36: rescaling per split and
+// lane made the kernel issue-bound, 12 us at b 16 h_q 128). The first group's o loads are issued
+// before the lse pass, so both round trips overlap; kGroup splits' loads are in flight together
+// (kVec vectors of four a lane each). kQ = 1 suits many sequences of a few splits, kQ = 4 a few
+// sequences of many (one sequence over 66 parts). Launched with programmatic dependent launch.
 // ---------------------------------------------------------------------------------------------
-template <typename Elem, int kQ>
+// Four partial values as loaded (fp32, or 16-bit Elem bits), and as floats. The loads only fill
+// registers and the conversion comes at the use: a conversion right after each (conditional)
+// load made every load wait for the previous one (run 36).
+template <typename Part>
+using PartVec = std::conditional_t<sizeof(Part) == 4, float4, uint2>;
+template <typename Elem>
+__device__ __forceinline__ float4 to_float4(const float4& v) { return v; }
+template <typename Elem>
+__device__ __forceinline__ float4 to_float4(const uint2& v) {
+  using T = ElemTraits<Elem>;
+  return make_float4(T::to_float(v.x & 0xFFFFu), T::to_float(v.x >> 16), T::to_float(v.y & 0xFFFFu),
+                     T::to_float(v.y >> 16));
+}
+
+// Part: float (fp32 out) or uint16_t (16-bit out), the partials' type (Meta::part_o).
+template <typename Elem, int kQ, typename Part>
 __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
-  constexpr int kVec = 4 / kQ;       // float4 a lane
-  constexpr int kGroup = 4 * kQ;     // splits whose loads are in flight together
+  constexpr int kVec = 4 / kQ;    // vectors of four values a lane
+  constexpr int kGroup = 4 * kQ;  // splits whose o loads are in flight together (divides 32)
+  using V = PartVec<Part>;
   pdl_wait();
+  DMLA_TRACE_COMBINE(threadIdx.x == 0, false);
   const Meta& m = p.meta;
   const int i = blockIdx.x;
   const int ns = m.seq_nsplit[i];
@@ -28,59 +51,79 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
   const int gr = w / kQ, q = w % kQ;
   if (gr >= p.rows) return;
   const size_t base = static_cast<size_t>(m.seq_split_base[i]);
-  // lane's columns: col(k) = q * 512 / kQ + 4 * (lane + 32 k), k < kVec
-  const float4* src0 = reinterpret_cast<const float4*>(m.part_o + (base * p.rows + gr) * kDV + q * (kDV / kQ)) + lane;
-  const size_t split_stride = static_cast<size_t>(p.rows) * kDV / 4;  // float4s between splits
-  // Online log-sum-exp over groups of kGroup splits. A group's lse and o loads are issued
-  // together (the o loads do not wait for the weights), so up to kGroup splits cost one memory
-  // round trip: the kernel is latency-bound at these sizes.
-  float mx = -INFINITY, sum = 0.f;  // running max of the lse and sum of exp(lse - mx)
+  const float* lse_in = m.part_lse + base * p.rows + gr;  // split s at s * rows
+  // vector k of this lane: columns q * 512 / kQ + 4 * (lane + 32 k); split s at s * split_stride
+  const V* o_in = reinterpret_cast<const V*>(static_cast<const Part*>(m.part_o) + (base * p.rows + gr) * kDV +
+                                             q * (kDV / kQ) + 4 * lane);
+  const size_t split_stride = static_cast<size_t>(p.rows) * kDV / 4;
+  V x[kGroup][kVec];
+  auto load_group = [&](int s0) {
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u)
+      if (s0 + u < ns)
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) x[u][k] = __ldcg(o_in + (s0 + u) * split_stride + 32 * k);
+  };
+  auto lse_of = [&](int s) { return s < ns ? __ldcg(lse_in + static_cast<size_t>(s) * p.rows) : -INFINITY; };
+  load_group(0);
+
+  // Max and sum of exp(lse - max) over the splits: lane holds splits lane + 32 r for r < kRounds
+  // (loaded together: one round trip up to 128 splits); more splits (up to kMaxParts) are
+  // reloaded round by round.
+  constexpr int kRounds = 4;
+  float l[kRounds];
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) l[r] = lse_of(32 * r + lane);
+  auto lse_round = [&](int r) {  // r: a warp-uniform round
+    float v = r >= kRounds ? lse_of(32 * r + lane) : l[0];
+#pragma unroll
+    for (int k = 1; k < kRounds; ++k) v = r == k ? l[k] : v;
+    return v;
+  };
+  float mx = -INFINITY;
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) mx = fmaxf(mx, l[r]);
+  for (int s0 = 32 * kRounds; s0 < ns; s0 += 32) mx = fmaxf(mx, lse_of(s0 + lane));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.f;
+  if (mx != -INFINITY) {  // else no split has a token
+    for (int r = 0; 32 * r < ns; ++r) sum += __expf(lse_round(r) - mx);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  }
+  const bool empty = mx == -INFINITY || !(sum > 0.f);
+  const float inv = empty ? 0.f : 1.f / sum;
+
   float4 acc[kVec];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+  float wl = 0.f;  // this lane's split's weight in the current round of 32
   for (int s0 = 0; s0 < ns; s0 += kGroup) {
-    float l[kGroup];
-    float4 x[kGroup][kVec];
-#pragma unroll
-    for (int u = 0; u < kGroup; ++u) {
-      const int s = s0 + u;
-      l[u] = s < ns ? __ldcg(m.part_lse + (base + s) * p.rows + gr) : -INFINITY;
-      if (s < ns)
-#pragma unroll
-        for (int k = 0; k < kVec; ++k) x[u][k] = __ldcg(src0 + s * split_stride + 32 * k);
-    }
-    float gm = mx;
-#pragma unroll
-    for (int u = 0; u < kGroup; ++u) gm = fmaxf(gm, l[u]);
-    if (gm == -INFINITY) continue;  // no tokens so far
-    const float c = __expf(mx - gm);  // 0 while mx is still -inf
-    sum *= c;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      acc[k].x *= c; acc[k].y *= c; acc[k].z *= c; acc[k].w *= c;
+    if (s0 > 0) load_group(s0);
+    if (s0 % 32 == 0) {
+      const float ls = lse_round(s0 / 32);
+      wl = ls == -INFINITY ? 0.f : __expf(ls - mx) * inv;
     }
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
-      if (l[u] == -INFINITY) continue;  // weight zero: its o is never used (may be anything)
-      const float wt = __expf(l[u] - gm);
-      sum += wt;
+      const float wt = __shfl_sync(0xffffffffu, wl, s0 % 32 + u);
+      if (s0 + u >= ns || !(wt > 0.f)) continue;  // weight zero: its o is never read (may be NaN)
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        acc[k].x += wt * x[u][k].x;
-        acc[k].y += wt * x[u][k].y;
-        acc[k].z += wt * x[u][k].z;
-        acc[k].w += wt * x[u][k].w;
+        const float4 v = to_float4<Elem>(x[u][k]);
+        acc[k].x += wt * v.x;
+        acc[k].y += wt * v.y;
+        acc[k].z += wt * v.z;
+        acc[k].w += wt * v.w;
       }
     }
-    mx = gm;
   }
-  const bool empty = mx == -INFINITY || !(sum > 0.f);
   const float lse = empty ? -INFINITY : mx + __logf(sum);
-  const float inv = empty ? 0.f : 1.f / sum;
   const SliceRowOffsets dst = out_row(p, i, gr);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const float4 a = make_float4(acc[k].x * inv, acc[k].y * inv, acc[k].z * inv, acc[k].w * inv);
+    const float4 a = acc[k];
     const int col = q * (kDV / kQ) + 4 * (lane + 32 * k);
     if (p.out_fp32) {
       *reinterpret_cast<float4*>(static_cast<float*>(p.out) + dst.o + col) = a;
@@ -92,6 +135,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
     }
   }
   if (q == 0 && lane == 0) p.lse[dst.lse] = lse;
+  DMLA_TRACE_COMBINE(lane == 0, true);
 }
 
 }  // namespace distmla::kernels::detail

@@ -3,6 +3,7 @@
 // The wgmma kernels' epilogue: rows from registers (write_rows), or staged in the smem stage of
 // the sequence's last KV block and copied out by the store warp (stage_rows_16bit, o_store_warp).
 #include "decode_layout.cuh"
+#include "decode_trace.cuh"
 #include "ptx.cuh"
 #include "schedule.cuh"
 
@@ -38,27 +39,40 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
       }
       if (wg == 0 && (lane % 4) == 0) p.lse[dst.lse] = lse_r[h];
     } else {
-      float* out = m.part_o + (slot * p.rows + gr) * kDV + wg * 256 + cq;
+      const size_t orow = (slot * p.rows + gr) * kDV + wg * 256 + cq;
+      if (p.out_fp32) {
+        float* out = static_cast<float*>(m.part_o) + orow;
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        *reinterpret_cast<float2*>(out + 8 * j) =
-            make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        for (int j = 0; j < 32; ++j) {
+          *reinterpret_cast<float2*>(out + 8 * j) =
+              make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        }
+      } else {
+        uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(m.part_o) + orow);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+        }
       }
       if (wg == 0 && (lane % 4) == 0) m.part_lse[slot * p.rows + gr] = lse_r[h];
     }
   }
 }
 
-// Epilogue for 16-bit out of a sequence with one split, through the smem stage of its last KV
-// block: every consumer thread puts its normalised rows there with stmatrix (rows of kORowBytes,
+// Epilogue for 16-bit out (a sequence's rows of out, or a split's rows of the partials), through
+// the smem stage of its last KV block: every consumer thread puts its normalised rows there with stmatrix (rows of kORowBytes,
 // 16 bytes of padding so that the 8 rows a stmatrix matrix writes hit distinct banks) and its
 // warp arrives on the stage's o_full barrier; the store warp (o_store_warp) copies the rows out.
 // Runs 27-28: written from registers, the stores held the consumers 2-4.5 us a 64-row tile, and
 // with the bulk copies issued and awaited by the consumers themselves 3.3 us.
 // v6 only (v3's consumers spill with it).
 template <bool kDSplit>
-__device__ __forceinline__ bool staged_epilogue(const Params& p, bool direct, int a, int e) {
-  return kDSplit && direct && !p.out_fp32 && e > a;
+__device__ __forceinline__ bool staged_epilogue(const Params& p, int a, int e) {
+  return kDSplit && !p.out_fp32 && e > a;
+}
+// Where the store warp copies a staged tile's rows to: out, or the split partials.
+__device__ __forceinline__ uint16_t* staged_dst(const Params& p, bool direct) {
+  return static_cast<uint16_t*>(direct ? p.out : p.meta.part_o);
 }
 constexpr int kORowBytes = kDV * 2 + 16;
 constexpr int kORowTable = kBlockM * kORowBytes;  // then each row's element offset in out (-1: none)
@@ -66,7 +80,8 @@ static_assert(kORowTable + kBlockM * 8 <= kTileBytes, "the staged O tile must fi
 template <typename Elem>
 __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&o)[128], const float (&inv)[2],
                                                  const float (&lse_r)[2], int i, int tile, int r0, int wg,
-                                                 int warp_in_wg, int lane, uint32_t s_stage, uint32_t o_full_bar) {
+                                                 int warp_in_wg, int lane, bool direct, size_t slot,
+                                                 uint32_t s_stage, uint32_t o_full_bar) {
   // stmatrix v covers groups j = 2v, 2v + 1: matrix k is (group 2v + k / 2, row half k % 2), and
   // this lane gives row lane % 8 of matrix lane / 8. A warp with no valid row skips it.
   if (tile * kBlockM + warp_in_wg * 16 < p.rows) {
@@ -84,8 +99,9 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
       stmatrix_x4(row_addr + v * 32, w[0], w[1], w[2], w[3]);
     }
   }
-  // lse, and the out offsets of this warp's 16 rows into the stage's table, written by lane 0
-  // alone (the store warp reads them after o_full, which only lane 0's arrival publishes).
+  // lse, and the offsets of this warp's 16 rows (in out or the partials, staged_dst) into the
+  // stage's table, written by lane 0 alone (the store warp reads them after o_full, which only
+  // lane 0's arrival publishes).
   if (wg == 0) {
     long long off[2];
 #pragma unroll
@@ -93,9 +109,15 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
       const int gr = tile * kBlockM + r0 + 8 * h;
       off[h] = -1;
       if (gr < p.rows) {
-        const SliceRowOffsets dst = out_row(p, i, gr);
-        if (lane % 4 == 0) p.lse[dst.lse] = lse_r[h];
-        off[h] = static_cast<long long>(dst.o);
+        if (direct) {
+          const SliceRowOffsets dst = out_row(p, i, gr);
+          if (lane % 4 == 0) p.lse[dst.lse] = lse_r[h];
+          off[h] = static_cast<long long>(dst.o);
+        } else {
+          const size_t row = slot * p.rows + gr;
+          if (lane % 4 == 0) p.meta.part_lse[row] = lse_r[h];
+          off[h] = static_cast<long long>(row * kDV);
+        }
       }
     }
 #pragma unroll
@@ -127,7 +149,8 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     int a, e;
     part_block_range(m, W, part, i, a, e);
     blocks += e - a;
-    if (!staged_epilogue<kDSplit>(p, m.seq_nsplit[i] <= 1, a, e)) continue;
+    if (!staged_epilogue<kDSplit>(p, a, e)) continue;
+    uint16_t* dst = staged_dst(p, m.seq_nsplit[i] <= 1);
     const int s = (blocks - 1) % kStages;
     mbar_wait(o_full0 + 8 * s, parity >> s & 1);
     parity ^= 1u << s;
@@ -135,13 +158,14 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
 #pragma unroll
     for (int r = lane; r < kBlockM; r += 32) {
       const long long off = ld_shared_s64(tile_base + kORowTable + 8 * r);
-      if (off >= 0) bulk_store(static_cast<uint16_t*>(p.out) + off, tile_base + r * kORowBytes, kDV * 2);
+      if (off >= 0) bulk_store(dst + off, tile_base + r * kORowBytes, kDV * 2);
     }
     bulk_commit();
     bulk_wait_read();
     mbar_arrive(o_free0 + 8 * s);  // every lane, once its own copies have read the stage
   }
   bulk_wait();
+  DMLA_TRACE_NS(lane == 0, kTrStoreNs);
 }
 
 }  // namespace distmla::kernels::detail

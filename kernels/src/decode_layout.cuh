@@ -24,7 +24,7 @@ constexpr int kSeqOverhead = 2;             // scheduling cost of a sequence, in
 constexpr int kMaxParts = 1024;
 
 // ---------------------------------------------------------------------------------------------
-// Workspace layout (all int32 first, then fp32 partials, each region 256-aligned).
+// Workspace layout (all int32 first, then the split partials, each region 256-aligned).
 // ---------------------------------------------------------------------------------------------
 struct WsLayout {
   size_t hdr = 0;         // int[4]: units_per_part, total_units, total_splits, num_parts
@@ -36,7 +36,7 @@ struct WsLayout {
   size_t seq_split_base = 0;  // int[b]
   size_t part_begin = 0;  // int[P]
   size_t part_end = 0;    // int[P]
-  size_t part_o = 0;      // float[max_splits][rows][512]
+  size_t part_o = 0;      // [max_splits][rows][512], the out type (Meta::part_o); sized for fp32
   size_t part_lse = 0;    // float[max_splits][rows]
   size_t total = 0;
   int num_parts = 1;
@@ -87,7 +87,9 @@ struct Meta {
   int* seq_split_base;
   int* part_begin;
   int* part_end;
-  float* part_o;
+  // Split partials in the output's type: fp32 for fp32 out, else its 16-bit type (as partials
+  // cross ranks); 16-bit halves the bytes they add to a memory-bound step (run 36).
+  void* part_o;
   float* part_lse;
 };
 
@@ -103,7 +105,7 @@ inline Meta make_meta(const WsLayout& w, void* ws) {
   m.seq_split_base = reinterpret_cast<int*>(base + w.seq_split_base);
   m.part_begin = reinterpret_cast<int*>(base + w.part_begin);
   m.part_end = reinterpret_cast<int*>(base + w.part_end);
-  m.part_o = reinterpret_cast<float*>(base + w.part_o);
+  m.part_o = base + w.part_o;
   m.part_lse = reinterpret_cast<float*>(base + w.part_lse);
   return m;
 }

@@ -49,7 +49,7 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
     int a, e;
     part_block_range(m, W, part, i, a, e);
     const int L = m.seq_len[i];
-    const bool staged = staged_epilogue<kDSplit>(p, m.seq_nsplit[i] <= 1, a, e);
+    const bool staged = staged_epilogue<kDSplit>(p, a, e);
     for (int n = a; n < e; ++n) {
       if (produced >= kStages) mbar_wait(empty0 + 8 * (produced % kStages), ((produced / kStages) - 1) & 1);
       const int stage = produced % kStages;

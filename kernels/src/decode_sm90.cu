@@ -7,15 +7,15 @@
 //     whole batch are cut into num_parts equal contiguous ranges (grid.x = num_parts), so each
 //     CTA (persistent, 1 per SM) gets the same amount of work whatever the length mix; the
 //     schedule uses a few parts less when that lets every cut fall between sequences;
-//   * a sequence cut over several parts is a split: its CTAs write fp32 partials (o, lse) into
-//     the workspace and the combine kernel merges them; a sequence done by one CTA is written
+//   * a sequence cut over several parts is a split: its CTAs write partials (o in the out type,
+//     lse fp32) into the workspace and the combine kernel merges them; a sequence done by one CTA is written
 //     directly to out/lse.
 // The schedule is computed on the GPU from the device seqlens (schedule kernel), so a step
 // needs no host sync and can be captured in a CUDA graph.
 // Decode kernels (DISTMLA_DECODE_KERNEL selects; docs/PERFORMANCE.md has the measurements):
 //   dsplit (default, v6): 2 consumer warpgroups + 1 producer warpgroup (KV and Q by TMA, each a
-//                     step ahead on full/empty mbarriers; 16-bit out of unsplit sequences
-//                     staged in smem and copied out by a store warp), Q K^T split by the 576 dims
+//                     step ahead on full/empty mbarriers; 16-bit out and partials staged in
+//                     smem and copied out by a store warp), Q K^T split by the 576 dims
 //                     between the consumers (m64n64 products, partial S through smem), P
 //                     through smem;
 //   tsplit (v3): the same with Q K^T split by tokens (m64n32 products), out from registers;
@@ -86,21 +86,45 @@ KernelKind kernel_kind() {
   return k;
 }
 
+// Once per device and Elem (cudaFuncSetAttribute applies to the current device): the kernels'
+// dynamic smem limits; *smem_per_sm gets the device's shared memory a multiprocessor.
+// Dynamic shared memory (unused) for a combine grid of ctas CTAs: launched programmatically, its
+// CTAs are placed as the decode's exit, on the first SMs free and as many as fit (4 by
+// registers), so a grid smaller than the SMs ran on a quarter of them (run 36: one sequence over
+// 66 parts, 13.8 us against 5.9 launched alone). Enough smem that at most ceil(ctas / SMs) fit
+// beside each other (each also has 1 KB reserved) spreads it over the SMs as they free up.
+int combine_spread_smem(int ctas, int num_sms, int smem_per_sm) {
+  const int cap = (ctas + num_sms - 1) / std::max(num_sms, 1);
+  if (cap >= 4) return 0;
+  return smem_per_sm / (cap + 1) + 1024;
+}
+
 template <typename Elem>
-cudaError_t ensure_smem_attr() {
-  // Per device: cudaFuncSetAttribute applies to the current device.
+cudaError_t device_setup(int* smem_per_sm) {
   static std::mutex mu;
-  static bool done[64] = {};
+  static int per_sm[64] = {};  // 0: not set up yet
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
   std::lock_guard<std::mutex> lock(mu);
-  if (dev >= 0 && dev < 64 && done[dev]) return cudaSuccess;
+  const bool cached = dev >= 0 && dev < 64;
+  if (cached && per_sm[dev] > 0) {
+    *smem_per_sm = per_sm[dev];
+    return cudaSuccess;
+  }
+  err = cudaDeviceGetAttribute(smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+  if (err != cudaSuccess) return err;
   for (auto kernel : {decode_wgmma3_kernel<Elem, false>, decode_wgmma3_kernel<Elem, true>}) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
     if (err != cudaSuccess) return err;
   }
-  if (dev >= 0 && dev < 64) done[dev] = true;
+  const int combine_max = combine_spread_smem(1, 1, *smem_per_sm);
+  for (auto kernel : {combine_kernel<Elem, 1, float>, combine_kernel<Elem, 1, uint16_t>,
+                      combine_kernel<Elem, 4, float>, combine_kernel<Elem, 4, uint16_t>}) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, combine_max);
+    if (err != cudaSuccess) return err;
+  }
+  if (cached) per_sm[dev] = *smem_per_sm;
   return cudaSuccess;
 }
 
@@ -146,10 +170,15 @@ cudaError_t launch_pdl(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaSt
   return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-// The split combine with kQ warps a row: grid (batch, ceil(rows * kQ / 8)) of 8-warp CTAs.
+// The split combine with kQ warps a row: grid (batch, ceil(rows * kQ / 8)) of 8-warp CTAs; the
+// partials are fp32 for fp32 out, else 16-bit (Meta::part_o).
 template <typename Elem, int kQ>
-cudaError_t launch_combine(int batch, int rows, cudaStream_t stream, const Params& p) {
-  return launch_pdl(combine_kernel<Elem, kQ>, dim3(batch, (rows * kQ + 7) / 8), dim3(256), 0, stream, p);
+cudaError_t launch_combine(int batch, int rows, int num_sms, int smem_per_sm, cudaStream_t stream,
+                           const Params& p) {
+  const dim3 grid(batch, (rows * kQ + 7) / 8);
+  const size_t smem = combine_spread_smem(static_cast<int>(grid.x * grid.y), num_sms, smem_per_sm);
+  if (p.out_fp32) return launch_pdl(combine_kernel<Elem, kQ, float>, grid, dim3(256), smem, stream, p);
+  return launch_pdl(combine_kernel<Elem, kQ, uint16_t>, grid, dim3(256), smem, stream, p);
 }
 
 template <typename Elem>
@@ -190,14 +219,15 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   p.out_slice_stride = t.slices.out_slice_stride;
   p.lse_slice_stride = t.slices.lse_slice_stride;
 
+  int smem_per_sm = 0;
+  err = device_setup<Elem>(&smem_per_sm);
+  if (err != cudaSuccess) return err;
   const dim3 grid(w.num_parts, tiles);
   if (kind == KernelKind::kSimple) {
     err = launch_pdl(decode_simple_kernel<Elem>, grid, dim3(256), 0, stream, p);
   } else {
     EncodeTiledFn encode = get_encode_fn();
     if (encode == nullptr) return cudaErrorNotSupported;
-    err = ensure_smem_attr<Elem>();
-    if (err != cudaSuccess) return err;
     CUtensorMap map;
     std::memset(&map, 0, sizeof(map));
     const int R = std::min(s.page_size, kBlockN);
@@ -233,8 +263,8 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   if (err != cudaSuccess) return err;
   // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,
   // run 23: one sequence over 66 parts 8% faster; many short splits are faster with 1)
-  return w.num_parts >= 4 * s.batch ? launch_combine<Elem, 4>(s.batch, rows, stream, p)
-                                    : launch_combine<Elem, 1>(s.batch, rows, stream, p);
+  return w.num_parts >= 4 * s.batch ? launch_combine<Elem, 4>(s.batch, rows, s.num_sms, smem_per_sm, stream, p)
+                                    : launch_combine<Elem, 1>(s.batch, rows, s.num_sms, smem_per_sm, stream, p);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@ enum TraceSlot : int {
   kTrEntry = 2,      // clock64 at entry; the rest are clock64 too
   kTrPdl = 3,        // after griddepcontrol.wait
   kTrExit = 4,       // consumer thread 0 done
+  kTrStoreNs = 5,    // %globaltimer when the store warp's copies are complete (v6)
   kTrSeqs = 6,       // sequences of the part (a count)
   kTrBlocks = 7,     // blocks of the part (a count)
   kTrSeq = 8,        // + 8 j + SeqField, sequences j < 8
@@ -26,6 +27,8 @@ enum TraceSlot : int {
   kTrBlkDone = 136,  // + k: block k's P V is done
   kTrIssue = 200,    // + k: the producer issued block k's TMA, k < 48
   kTrPdlNs = 248,    // %globaltimer after griddepcontrol.wait
+  kTrCombineNs = 250,  // row 0 only: the combine's first start and last end (%globaltimer;
+                       // reset by decode CTA 0, then atomicMin / atomicMax by the combine CTAs)
 };
 enum SeqField : int {
   kSeqStart = 0, kSeqQReady, kSeqSums, kSeqSynced, kSeqLoopEnd, kSeqEnd, kSeqEpiSync, kSeqLastWarp
@@ -54,7 +57,24 @@ __device__ __forceinline__ unsigned long long* trace_row() {
     if (cond) atomicMax(&::distmla::kernels::detail::trace_row()[(slot)], (unsigned long long)clock64()); \
   } while (0)
 #define DMLA_TRACE_NS(cond, slot) DMLA_TRACE_VALUE(cond, slot, ::distmla::kernels::detail::trace_ns())
+#define DMLA_TRACE_COMBINE_RESET(cond)                                     \
+  do {                                                                    \
+    if (cond) {                                                           \
+      ::distmla::kernels::detail::g_decode_trace[0][kTrCombineNs] = ~0ull; \
+      ::distmla::kernels::detail::g_decode_trace[0][kTrCombineNs + 1] = 0; \
+    }                                                                     \
+  } while (0)
+#define DMLA_TRACE_COMBINE(cond, end)                                                               \
+  do {                                                                                              \
+    if (cond) {                                                                                     \
+      unsigned long long* r = ::distmla::kernels::detail::g_decode_trace[0];                        \
+      if (end) atomicMax(&r[kTrCombineNs + 1], ::distmla::kernels::detail::trace_ns());             \
+      else atomicMin(&r[kTrCombineNs], ::distmla::kernels::detail::trace_ns());                     \
+    }                                                                                               \
+  } while (0)
 #else
+#define DMLA_TRACE_COMBINE_RESET(cond) do { } while (0)
+#define DMLA_TRACE_COMBINE(cond, end) do { } while (0)
 #define DMLA_TRACE(cond, slot) do { } while (0)
 #define DMLA_TRACE_VALUE(cond, slot, value) do { } while (0)
 #define DMLA_TRACE_MAX(cond, slot) do { } while (0)

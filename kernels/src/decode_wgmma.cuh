@@ -153,6 +153,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   // per stage: the consumers' staged O tile is in it / has left it (stage_rows_16bit, o_store_warp)
   const uint32_t o_full0 = q_empty + 8, o_free0 = o_full0 + 8 * kStages;
   DMLA_TRACE_NS(tid == 0, kTrEntryNs);
+  DMLA_TRACE_COMBINE_RESET(tid == 0 && blockIdx.x == 0 && blockIdx.y == 0);
   DMLA_TRACE(tid == 0, kTrEntry);
   for (int j = 0; j < 8; ++j) DMLA_TRACE_VALUE(tid == 0, kTrSeq + 8 * j + kSeqLastWarp, 0);
   if (tid == 0) {
@@ -408,13 +409,13 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       }
     }
     const bool direct = m.seq_nsplit[i] <= 1;
-    if (staged_epilogue<kDSplit>(p, direct, a, e)) {
+    const size_t slot = static_cast<size_t>(m.seq_split_base[i] + part - m.seq_first_part[i]);
+    if (staged_epilogue<kDSplit>(p, a, e)) {
       const int last = (consumed - 1) % kStages;
-      stage_rows_16bit<Elem>(p, o, inv, lse_r, i, tile, r0, wg, warp_in_wg, lane, sKV0 + last * kTileBytes,
-                             o_full0 + 8 * last);
+      stage_rows_16bit<Elem>(p, o, inv, lse_r, i, tile, r0, wg, warp_in_wg, lane, direct, slot,
+                             sKV0 + last * kTileBytes, o_full0 + 8 * last);
     } else {
-      write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, direct,
-                       static_cast<size_t>(m.seq_split_base[i] + part - m.seq_first_part[i]));
+      write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, direct, slot);
     }
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqEnd);
     DMLA_TRACE_MAX(lane == 0 && nseq < 8, kTrSeq + 8 * nseq + kSeqLastWarp);

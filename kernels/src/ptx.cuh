@@ -130,6 +130,7 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __uint_as_float(static_cast<uint32_t>(h) << 16);
   }
+  static __device__ __forceinline__ uint16_t to_bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
 };
 template <>
 struct ElemTraits<__half> {
@@ -152,6 +153,7 @@ struct ElemTraits<__half> {
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __half2float(__ushort_as_half(h));
   }
+  static __device__ __forceinline__ uint16_t to_bits(float x) { return __half_as_ushort(__float2half_rn(x)); }
 };
 
 }  // namespace distmla::kernels::detail

@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
     __syncthreads();
   }
   // Number of parts: num_parts, or slightly fewer when that lets every cut fall between two
-  // sequences. A cut inside a sequence costs a split (fp32 partials out and back through the
+  // sequences. A cut inside a sequence costs a split (partials out and back through the
   // combine); the busiest part decides the kernel's time. Cost of P' parts: W' = ceil(total /
   // P') units per part, plus kSplitCost when some cut splits a sequence. For 128 sequences of
   // 18 units over 66 parts: 66 parts cost 35 + 2, 64 parts cost 36 with no split at all; for 128

@@ -80,7 +80,7 @@ struct DecodeTensors {
   OutSlices slices;
 };
 
-// Bytes of device workspace for shape (schedule metadata + fp32 split partials), 256-aligned.
+// Bytes of device workspace for shape (schedule metadata + split partials), 256-aligned.
 size_t decode_workspace_bytes(const DecodeShape& shape);
 
 // Launches the whole step on stream: schedule (unless reuse_schedule), split decode, combine.
