@@ -42,21 +42,34 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
   }
 }
 
-// The lane's 16 values of row `row` (elements of type T from base).
+// The lane's 16 values of row `row` (elements of type T from base), as loaded (raw 16-byte
+// vectors) and then as floats. A part's loads only fill registers and are converted at their
+// use, so that the loads of several parts are in flight together (a conversion right after each
+// conditional load made every load wait for the previous one in the split combine, run 36).
+struct RawRow {
+  uint4 v[4];  // Vec<T>::kCount of them: 4 (fp32) or 2 (16-bit)
+};
 template <ElemType T>
-__device__ __forceinline__ void load_row(const void* base, size_t row, int lane, float (&f)[kPerLane]) {
+__device__ __forceinline__ void load_row(const void* base, size_t row, int lane, RawRow& r) {
   using V = Vec<T>;
+  constexpr size_t kBytes = T == ElemType::kFP32 ? 4 : 2;
 #pragma unroll
   for (int j = 0; j < V::kCount; ++j) {
     const size_t col = static_cast<size_t>(j * 32 + lane) * V::kElems;
-    if constexpr (T == ElemType::kFP32) {
-      const float4 x = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(base) + row * kDv + col));
-      f[4 * j] = x.x; f[4 * j + 1] = x.y; f[4 * j + 2] = x.z; f[4 * j + 3] = x.w;
-    } else {
-      const uint4 x = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + row * kDv + col));
-      const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+    r.v[j] = __ldg(reinterpret_cast<const uint4*>(static_cast<const char*>(base) + (row * kDv + col) * kBytes));
+  }
+}
+template <ElemType T>
+__device__ __forceinline__ void row_floats(const RawRow& r, float (&f)[kPerLane]) {
+  using V = Vec<T>;
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+  for (int j = 0; j < V::kCount; ++j) {
+    const uint32_t w[4] = {r.v[j].x, r.v[j].y, r.v[j].z, r.v[j].w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      if constexpr (T == ElemType::kFP32) {
+        f[4 * j + q] = __uint_as_float(w[q]);
+      } else {
         const float2 p = unpack2(w[q], T);
         f[8 * j + 2 * q] = p.x;
         f[8 * j + 2 * q + 1] = p.y;
@@ -122,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs 
   float acc[kPerLane] = {};
   for (int c0 = 0; c0 < a.num_parts; c0 += 2) {
     float l[2];
-    float x[2][kPerLane];
+    RawRow x[2];
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       const int c = c0 + u;
@@ -140,8 +153,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs 
       if (l[u] == -INFINITY) continue;  // weight zero: its o is never used (may be NaN)
       const float w = __expf(l[u] - gm);
       sum += w;
+      float v[kPerLane];
+      row_floats<PT>(x[u], v);
 #pragma unroll
-      for (int k = 0; k < kPerLane; ++k) acc[k] += w * x[u][k];
+      for (int k = 0; k < kPerLane; ++k) acc[k] += w * v[k];
     }
     mx = gm;
   }

@@ -136,6 +136,13 @@ TEST(CombineGpu, MatchesHostCombine) {
   run_combine_case({33, 2, 1, 4, 4, 0, 1 << 30, dmlaBF16, dmlaBF16}, seed++);  // more parts than lanes
 }
 
+// A CP 2 all-to-all step's size (b 16, 64 heads a rank, bf16): also the case to profile the
+// kernel with (ncu -k regex:combine_kernel on this test).
+TEST(CombineGpu, StepSizedCp2MatchesHostCombine) {
+  if (!have_gpu()) GTEST_SKIP() << "no GPU";
+  run_combine_case({2, 16, 1, 64, 64, 0, 0, dmlaBF16, dmlaBF16}, 99);
+}
+
 TEST(CombineGpu, PackMatchesHost) {
   if (!have_gpu()) GTEST_SKIP() << "no GPU";
   for (dmlaDataType_t t : {dmlaBF16, dmlaFP32})
