@@ -20,49 +20,43 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
   for (int h = 0; h < 2; ++h) {
     const int gr = tile * kBlockM + r0 + 8 * h;
     if (gr >= p.rows) continue;
+    void* dst;   // out, or the split partials (both of the out type)
+    size_t orow;  // element offset of this thread's first column there
+    float* lse;
     if (direct) {
-      const SliceRowOffsets dst = out_row(p, i, gr);
-      const size_t orow = dst.o + wg * 256 + cq;
-      if (p.out_fp32) {
-        float* out = static_cast<float*>(p.out) + orow;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          *reinterpret_cast<float2*>(out + 8 * j) =
-              make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
-        }
-      } else {
-        uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out) + orow);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
-        }
-      }
-      if (wg == 0 && (lane % 4) == 0) p.lse[dst.lse] = lse_r[h];
+      const SliceRowOffsets d = out_row(p, i, gr);
+      dst = p.out;
+      orow = d.o;
+      lse = p.lse + d.lse;
     } else {
-      const size_t orow = (slot * p.rows + gr) * kDV + wg * 256 + cq;
-      if (p.out_fp32) {
-        float* out = static_cast<float*>(m.part_o) + orow;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          *reinterpret_cast<float2*>(out + 8 * j) =
-              make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
-        }
-      } else {
-        uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(m.part_o) + orow);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
-        }
-      }
-      if (wg == 0 && (lane % 4) == 0) m.part_lse[slot * p.rows + gr] = lse_r[h];
+      const size_t row = slot * p.rows + gr;
+      dst = m.part_o;
+      orow = row * kDV;
+      lse = m.part_lse + row;
     }
+    orow += wg * 256 + cq;
+    if (p.out_fp32) {
+      float* out = static_cast<float*>(dst) + orow;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        *reinterpret_cast<float2*>(out + 8 * j) = make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+      }
+    } else {
+      uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(dst) + orow);
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+      }
+    }
+    if (wg == 0 && (lane % 4) == 0) *lse = lse_r[h];
   }
 }
 
 // Epilogue for 16-bit out (a sequence's rows of out, or a split's rows of the partials), through
-// the smem stage of its last KV block: every consumer thread puts its normalised rows there with stmatrix (rows of kORowBytes,
-// 16 bytes of padding so that the 8 rows a stmatrix matrix writes hit distinct banks) and its
-// warp arrives on the stage's o_full barrier; the store warp (o_store_warp) copies the rows out.
+// the smem stage of its last KV block: every consumer thread puts its normalised rows there with
+// stmatrix (rows of kORowBytes, 16 bytes of padding so that the 8 rows a stmatrix matrix writes
+// hit distinct banks) and its warp arrives on the stage's o_full barrier; the store warp
+// (o_store_warp) copies the rows out.
 // Runs 27-28: written from registers, the stores held the consumers 2-4.5 us a 64-row tile, and
 // with the bulk copies issued and awaited by the consumers themselves 3.3 us.
 // v6 only (v3's consumers spill with it).

@@ -8,8 +8,8 @@
 //     CTA (persistent, 1 per SM) gets the same amount of work whatever the length mix; the
 //     schedule uses a few parts less when that lets every cut fall between sequences;
 //   * a sequence cut over several parts is a split: its CTAs write partials (o in the out type,
-//     lse fp32) into the workspace and the combine kernel merges them; a sequence done by one CTA is written
-//     directly to out/lse.
+//     lse fp32) into the workspace and the combine kernel merges them; a sequence done by one
+//     CTA is written directly to out/lse.
 // The schedule is computed on the GPU from the device seqlens (schedule kernel), so a step
 // needs no host sync and can be captured in a CUDA graph.
 // Decode kernels (DISTMLA_DECODE_KERNEL selects; docs/PERFORMANCE.md has the measurements):
@@ -86,19 +86,20 @@ KernelKind kernel_kind() {
   return k;
 }
 
-// Once per device and Elem (cudaFuncSetAttribute applies to the current device): the kernels'
-// dynamic smem limits; *smem_per_sm gets the device's shared memory a multiprocessor.
 // Dynamic shared memory (unused) for a combine grid of ctas CTAs: launched programmatically, its
-// CTAs are placed as the decode's exit, on the first SMs free and as many as fit (4 by
+// CTAs are placed as the decode's CTAs exit, on the first SMs free and as many as fit (4 by
 // registers), so a grid smaller than the SMs ran on a quarter of them (run 36: one sequence over
 // 66 parts, 13.8 us against 5.9 launched alone). Enough smem that at most ceil(ctas / SMs) fit
 // beside each other (each also has 1 KB reserved) spreads it over the SMs as they free up.
 int combine_spread_smem(int ctas, int num_sms, int smem_per_sm) {
-  const int cap = (ctas + num_sms - 1) / std::max(num_sms, 1);
+  const int sms = std::max(num_sms, 1);
+  const int cap = (ctas + sms - 1) / sms;
   if (cap >= 4) return 0;
   return smem_per_sm / (cap + 1) + 1024;
 }
 
+// Once per device and Elem (cudaFuncSetAttribute applies to the current device): the kernels'
+// dynamic smem limits; *smem_per_sm gets the device's shared memory a multiprocessor.
 template <typename Elem>
 cudaError_t device_setup(int* smem_per_sm) {
   static std::mutex mu;
