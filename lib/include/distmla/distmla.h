@@ -74,7 +74,10 @@ typedef struct {
   int max_blocks_per_seq; /* columns of the block table, >= 1 */
   dmlaDataType_t q_dtype;   /* bf16 or fp16 */
   dmlaDataType_t kv_dtype;  /* must equal q_dtype */
-  dmlaDataType_t out_dtype; /* q_dtype, or fp32 */
+  dmlaDataType_t out_dtype; /* q_dtype, or fp32. CUDA backend: a sequence split over several
+                               multiprocessors has its partial results kept in this type too
+                               (16-bit: one more rounding, ~1e-4 on the relative error; fp32 out
+                               keeps fp32 partials) */
   float scale;            /* softmax scale; 0 means 1/sqrt(576) */
   int causal;             /* with s_q > 1: query t sees tokens 0 .. L - s_q + t */
   int check_inputs;       /* 1: run() also validates block ids and seqlens (reads them; the
