@@ -6,7 +6,8 @@
   python3 scripts/decode_trace.py t.bin
 
 Prints, as medians over the CTAs in microseconds (clock64 converted with each CTA's own clock
-against %globaltimer): when the CTAs passed griddepcontrol.wait and finished; per sequence j of a
+against %globaltimer): when the CTAs passed griddepcontrol.wait and finished, when the store
+warp's copies completed and when the split combine ran (first start, last end); per sequence j of a
 part, the wait for its Q tile, the block loop, and the epilogue (row sums, barrier, the stores or
 staging, the last warp); the first block's wait for its KV stage; then the median wait and the
 median compute (stage full -> P V done) over the later blocks.

@@ -2,7 +2,8 @@
 // Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
 // A per-CTA timeline of the wgmma decode kernel for a debugging build
 // (cmake -DDISTMLA_DECODE_TRACE=ON; compiled out otherwise): thread 0 of the consumers (and the
-// KV producer thread) stamp clock64 at the points below into g_decode_trace[cta], the host
+// KV producer thread, the store warp, and the split combine's CTAs in row 0) stamp clock64 or
+// %globaltimer at the points below into g_decode_trace[cta], the host
 // writes the last launch's table to $DISTMLA_TRACE_FILE (at exit, or after each launch with
 // DISTMLA_TRACE_SYNC=1), and scripts/decode_trace.py sums it up (Q waits, block loop, epilogue,
 // per-block waits). Run 27 in docs/PERFORMANCE.md found the short rows' overhead with it.
