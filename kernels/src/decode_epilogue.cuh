@@ -15,40 +15,26 @@ template <typename Elem>
 __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128], const float (&inv)[2],
                                            const float (&lse_r)[2], int i, int tile, int r0, int cq, int wg,
                                            int lane, bool direct, size_t slot) {
-  const Meta& m = p.meta;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int gr = tile * kBlockM + r0 + 8 * h;
     if (gr >= p.rows) continue;
-    void* dst;   // out, or the split partials (both of the out type)
-    size_t orow;  // element offset of this thread's first column there
-    float* lse;
-    if (direct) {
-      const SliceRowOffsets d = out_row(p, i, gr);
-      dst = p.out;
-      orow = d.o;
-      lse = p.lse + d.lse;
-    } else {
-      const size_t row = slot * p.rows + gr;
-      dst = m.part_o;
-      orow = row * kDV;
-      lse = m.part_lse + row;
-    }
-    orow += wg * 256 + cq;
+    const RowDst d = row_dst(p, i, gr, direct, slot);
+    const size_t orow = d.o + wg * 256 + cq;  // this thread's first column
     if (p.out_fp32) {
-      float* out = static_cast<float*>(dst) + orow;
+      float* out = static_cast<float*>(d.base) + orow;
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         *reinterpret_cast<float2*>(out + 8 * j) = make_float2(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
       }
     } else {
-      uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(dst) + orow);
+      uint32_t* out = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(d.base) + orow);
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
       }
     }
-    if (wg == 0 && (lane % 4) == 0) *lse = lse_r[h];
+    if (wg == 0 && (lane % 4) == 0) *d.lse = lse_r[h];
   }
 }
 
@@ -63,10 +49,6 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
 template <bool kDSplit>
 __device__ __forceinline__ bool staged_epilogue(const Params& p, int a, int e) {
   return kDSplit && !p.out_fp32 && e > a;
-}
-// Where the store warp copies a staged tile's rows to: out, or the split partials.
-__device__ __forceinline__ uint16_t* staged_dst(const Params& p, bool direct) {
-  return static_cast<uint16_t*>(direct ? p.out : p.meta.part_o);
 }
 constexpr int kORowBytes = kDV * 2 + 16;
 constexpr int kORowTable = kBlockM * kORowBytes;  // then each row's element offset in out (-1: none)
@@ -93,7 +75,8 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
       stmatrix_x4(row_addr + v * 32, w[0], w[1], w[2], w[3]);
     }
   }
-  // lse, and the offsets of this warp's 16 rows (in out or the partials, staged_dst) into the
+  // lse, and the offsets of this warp's 16 rows (in out or the partials: row_dst's choice, written
+  // out here because row_dst's 64-bit lse pointer made the v6 consumers spill 16 bytes) into the
   // stage's table, written by lane 0 alone (the store warp reads them after o_full, which only
   // lane 0's arrival publishes).
   if (wg == 0) {
@@ -144,7 +127,8 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     part_block_range(m, W, part, i, a, e);
     blocks += e - a;
     if (!staged_epilogue<kDSplit>(p, a, e)) continue;
-    uint16_t* dst = staged_dst(p, m.seq_nsplit[i] <= 1);
+    // the rows' base (row_dst's): out, or the split partials
+    uint16_t* dst = static_cast<uint16_t*>(m.seq_nsplit[i] <= 1 ? p.out : m.part_o);
     const int s = (blocks - 1) % kStages;
     mbar_wait(o_full0 + 8 * s, parity >> s & 1);
     parity ^= 1u << s;

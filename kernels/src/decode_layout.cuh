@@ -131,4 +131,21 @@ __device__ __forceinline__ SliceRowOffsets out_row(const Params& p, int i, int g
                            p.out_slice_stride, p.lse_slice_stride);
 }
 
+// Where row gr of sequence i is written: out / lse when the sequence has one split (direct),
+// else its split's partial row (slot: the split's index in Meta::part_o / part_lse). o is an
+// element offset in base, whose type is the out type.
+struct RowDst {
+  void* base;
+  size_t o;
+  float* lse;
+};
+__device__ __forceinline__ RowDst row_dst(const Params& p, int i, int gr, bool direct, size_t slot) {
+  if (direct) {
+    const SliceRowOffsets d = out_row(p, i, gr);
+    return {p.out, d.o, p.lse + d.lse};
+  }
+  const size_t row = slot * p.rows + gr;
+  return {p.meta.part_o, row * kDV, p.meta.part_lse + row};
+}
+
 }  // namespace distmla::kernels::detail

@@ -60,25 +60,14 @@ __global__ void __launch_bounds__(256, 1) decode_simple_kernel(const Params p) {
       }
       float inv = l > 0.f ? 1.f / l : 0.f;
       float lse = l > 0.f ? (mx + log2f(l)) * 0.69314718055994530942f : -INFINITY;
-      // out / lse of an unsplit sequence, else its split's partial row (the out type, Meta::part_o)
-      size_t orow;
-      void* dst_o;
-      if (nsplit <= 1) {
-        const SliceRowOffsets dst = out_row(p, i, gr);
-        orow = dst.o;
-        dst_o = p.out;
-        if (lane == 0) p.lse[dst.lse] = lse;
-      } else {
-        orow = (slot * p.rows + gr) * kDV;
-        dst_o = m.part_o;
-        if (lane == 0) m.part_lse[slot * p.rows + gr] = lse;
-      }
+      const RowDst d = row_dst(p, i, gr, nsplit <= 1, slot);
+      if (lane == 0) *d.lse = lse;
 #pragma unroll
       for (int k = 0; k < 16; ++k) {
         if (p.out_fp32) {
-          static_cast<float*>(dst_o)[orow + lane + 32 * k] = acc[k] * inv;
+          static_cast<float*>(d.base)[d.o + lane + 32 * k] = acc[k] * inv;
         } else {
-          static_cast<uint16_t*>(dst_o)[orow + lane + 32 * k] = ElemTraits<Elem>::to_bits(acc[k] * inv);
+          static_cast<uint16_t*>(d.base)[d.o + lane + 32 * k] = ElemTraits<Elem>::to_bits(acc[k] * inv);
         }
       }
     }
