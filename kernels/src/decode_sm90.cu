@@ -36,7 +36,6 @@
 #include <mutex>
 
 #include "combine.cuh"
-#include "decode_b32.cuh"
 #include "decode_layout.cuh"
 #include "decode_simple.cuh"
 #include "decode_wgmma.cuh"
@@ -74,14 +73,13 @@ EncodeTiledFn get_encode_fn() {
 // commits): v1 (redundant Q K^T), v2 (v3 without the producer warpgroup), v4 (P V(n) + Q K^T(n+1)
 // back to back), v5, v7 and v9 "seesaw" (blocks alternating between the warpgroups; v7 in 7fc89c7,
 // v9 after FlashMLA's schedule in dfcd493),
-// v8 "small" (transposed products for <= 32 query rows; fab1846), a 2-CTA cluster with TMA
+// v8 "small" (transposed products for <= 32 query rows; fab1846), b32 (32-token blocks in four
+// stages with Q K^T(n + 1) before softmax(n); ea4124f, run 40), a 2-CTA cluster with TMA
 // multicast, and a plain cluster launch of a part's row tiles (run 14).
-enum class KernelKind { kDSplit, kTSplit, kB32, kB32L, kSimple };
+enum class KernelKind { kDSplit, kTSplit, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
-    if (e != nullptr && std::strcmp(e, "b32") == 0) return KernelKind::kB32;
-    if (e != nullptr && std::strcmp(e, "b32l") == 0) return KernelKind::kB32L;
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
     if (e != nullptr && std::strcmp(e, "tsplit") == 0) return KernelKind::kTSplit;
     return KernelKind::kDSplit;
@@ -120,10 +118,6 @@ cudaError_t device_setup(int* smem_per_sm) {
   if (err != cudaSuccess) return err;
   for (auto kernel : {decode_wgmma3_kernel<Elem, false>, decode_wgmma3_kernel<Elem, true>}) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-    if (err != cudaSuccess) return err;
-  }
-  for (auto kernel : {b32::decode_kernel<Elem, true>, b32::decode_kernel<Elem, false>}) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, b32::kSmemBytes);
     if (err != cudaSuccess) return err;
   }
   const int combine_max = combine_spread_smem(1, 1, *smem_per_sm);
@@ -238,8 +232,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     if (encode == nullptr) return cudaErrorNotSupported;
     CUtensorMap map;
     std::memset(&map, 0, sizeof(map));
-    const bool b32 = kind == KernelKind::kB32 || kind == KernelKind::kB32L;
-    const int R = std::min(s.page_size, b32 ? b32::kTok : kBlockN);
+    const int R = std::min(s.page_size, kBlockN);
     cuuint64_t gdim[2] = {static_cast<cuuint64_t>(kDQK),
                           static_cast<cuuint64_t>(s.num_blocks) * static_cast<cuuint64_t>(s.page_size)};
     cuuint64_t gstride[1] = {static_cast<cuuint64_t>(kDQK) * 2};
@@ -263,14 +256,8 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     cr = encode(&q_map, dtype, 3, const_cast<void*>(t.q), qdim, qstride, qbox, qestride, CU_TENSOR_MAP_INTERLEAVE_NONE,
                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
-    if (b32) {
-      auto kernel = kind == KernelKind::kB32 ? b32::decode_kernel<Elem, true> : b32::decode_kernel<Elem, false>;
-      err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(b32::kSmemBytes), stream,
-                       map, q_map, p);
-    } else {
-      auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
-      err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, q_map, p);
-    }
+    auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
+    err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, q_map, p);
 #if DISTMLA_DECODE_TRACE
     if (err == cudaSuccess) trace_after_launch(stream);
 #endif

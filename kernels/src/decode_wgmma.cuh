@@ -15,14 +15,14 @@
 
 namespace distmla::kernels::detail {
 
-// One [64 rows][64 dims] 128B-swizzled Q chunk in smem as the wgmma A fragments of rows r0 and
-// r0 + 8 (v6: the rope chunk; b32: its register chunks): k-step kk, registers {row, col},
-// {row + 8, col}, {row, col + 8}, {row + 8, col + 8} with col = 16 kk + cq.
-__device__ __forceinline__ void q_frags_from_smem(uint32_t (&qr)[4][4], const uint8_t* chunk, int r0, int cq) {
+// v6: Q's rope chunk (dims 512-575) of rows r0 and r0 + 8 as wgmma A fragments, from the Q tile's
+// chunk 8 in smem (which then serves as warpgroup 0's S exchange slot): k-step kk, registers
+// {row, col}, {row + 8, col}, {row, col + 8}, {row + 8, col + 8} with col = 16 kk + cq.
+__device__ __forceinline__ void q_rope_from_smem(uint32_t (&qr)[4][4], const uint8_t* chunk8, int r0, int cq) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = r0 + 8 * h;
-    const uint8_t* row = chunk + r * 128 + cq * 2;
+    const uint8_t* row = chunk8 + r * 128 + cq * 2;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       qr[kk][h] = *reinterpret_cast<const uint32_t*>(row + (((2 * kk) ^ (r & 7)) * 16));
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     mbar_wait(q_full, nseq & 1);
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqQReady);
     uint32_t qr[4][4];
-    if (kDSplit && wg == 1) q_frags_from_smem(qr, gQ + 8 * kChunkBytes, r0, cq);
+    if (kDSplit && wg == 1) q_rope_from_smem(qr, gQ + 8 * kChunkBytes, r0, cq);
     // Before any write of this sequence: the previous one's reads of sP / sSum are complete, and
     // (v6) chunk 8 is read before warpgroup 0's first exchange store into it.
     consumer_sync();

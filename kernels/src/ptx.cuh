@@ -91,10 +91,6 @@ __device__ __forceinline__ void wgmma_commit() {
 __device__ __forceinline__ void wgmma_wait0() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
-// All but the last committed group complete.
-__device__ __forceinline__ void wgmma_wait1() {
-  asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-}
 template <int N>
 __device__ __forceinline__ void reg_fence(float (&r)[N]) {
 #pragma unroll
@@ -128,9 +124,6 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
     detail::wgmma_m64n64k16_rs_bf16(d, a, db, 1);
   }
-  static __device__ __forceinline__ void qk32_rs(float (&d)[16], const uint32_t (&a)[4], uint64_t db) {
-    detail::wgmma_m64n32k16_rs_bf16(d, a, db, 1);
-  }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_bf16_tb(d, da, db, 1);
   }
@@ -153,9 +146,6 @@ struct ElemTraits<__half> {
   }
   static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
     detail::wgmma_m64n64k16_rs_f16(d, a, db, 1);
-  }
-  static __device__ __forceinline__ void qk32_rs(float (&d)[16], const uint32_t (&a)[4], uint64_t db) {
-    detail::wgmma_m64n32k16_rs_f16(d, a, db, 1);
   }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_f16_tb(d, da, db, 1);
