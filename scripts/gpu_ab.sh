@@ -6,7 +6,8 @@
 #   NEW=build-dist BASE=build-base ROUNDS="1 2" [BARGS="-b 128 -s 8192 -H 128"] bash scripts/gpu_ab.sh
 # VARIANTS adds environment settings to a side: "new new:DISTMLA_DECODE_KERNEL=tsplit base"; a
 # side other than new / base names another folder laid out like BASE ("new build-v1 base").
-# Two rounds of one build differ by up to ~7% on the h_q 128 rows (docs/PERFORMANCE.md, run 26).
+# BARGS defaults to "-i 2000" (each row from an idle card: rounds agree within 0.5%; without it a row
+# inherits the power state the rows before it left, up to 17% slower: docs/PERFORMANCE.md, run 42).
 set -u
 export NCCL_NVLS_ENABLE=0
 NEW=${NEW:-build-dist}
@@ -25,7 +26,7 @@ for round in ${ROUNDS:-1 2}; do
       lib="$PWD/$dir:$RT"; bench="$dir/distmla_bench"
     fi
     echo "## round $round $v"
-    env LD_LIBRARY_PATH="$lib" $ev timeout 150 "$bench" ${BARGS:-} 2>&1 | grep -v "^#" |
+    env LD_LIBRARY_PATH="$lib" $ev timeout 150 "$bench" ${BARGS:--i 2000} 2>&1 | grep -v "^#" |
       awk '{printf "%s %s %s %s %s | %s %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
   done
 done

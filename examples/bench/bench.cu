@@ -5,15 +5,18 @@
 //
 //   distmla_bench                      every row of DESIGN.md section 7 (+ two extra rows)
 //   distmla_bench -b 128 -s 8192 -H 64 -q 1 -p 64 -n 30 -w 5 -c 0 -V 1 -g 0
+//   distmla_bench -i 2000 / -W 1000    every row from an idle card / after 1 s of its own load
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "distmla/compare.h"
@@ -42,6 +45,10 @@ struct Opts {
   int b = -1, S = 1024, h = 16, s_q = 1, page = 64, iters = 30, warmup = 5, check = 0, varlen = 0, graph = -1;
   int causal = 1;
   int reuse = 0;  // -r 1: timed calls reuse the schedule (DMLA_RUN_REUSE_SCHEDULE) left by the warm-up
+  // The card's state when a row is timed (run 42: the same row differs by up to 14% between the
+  // two): -i ms of idle before each row (from boost clocks), -W ms of back-to-back calls before
+  // the timed ones (at the 700 W cap, as in a busy server).
+  int idle_ms = 0, warm_ms = 0;
 };
 
 uint64_t splitmix(uint64_t& s) {
@@ -184,6 +191,11 @@ void run_row(const Row& r, const Opts& o, const cudaDeviceProp& prop) {
   };
   for (int i = 0; i < o.warmup; ++i) plan.run(tensors(i), ws, plan.workspace_bytes(), st);
   CUDA_OK(cudaStreamSynchronize(st));
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(o.warm_ms)) {
+    for (int i = 0; i < 8; ++i) plan.run(tensors(i), ws, plan.workspace_bytes(), st);
+    CUDA_OK(cudaStreamSynchronize(st));
+  }
   std::vector<cudaEvent_t> ev(2 * o.iters);
   for (auto& e : ev) CUDA_OK(cudaEventCreate(&e));
   const unsigned run_flags = o.reuse ? DMLA_RUN_REUSE_SCHEDULE : 0u;
@@ -275,10 +287,13 @@ bool parse(int argc, char** argv, Opts* o) {
     else if (a == "-g") ok = val(&o->graph);
     else if (a == "--causal") ok = val(&o->causal);
     else if (a == "-r") ok = val(&o->reuse);
+    else if (a == "-i") ok = val(&o->idle_ms);
+    else if (a == "-W") ok = val(&o->warm_ms);
     else {
       std::printf(
           "usage: %s [-b batch -s mean_len -H h_q -q s_q -p page -n iters -w warmup -c check -V varlen "
-          "-g graph(0/1) --causal 0/1 -r reuse_schedule(0/1)]\n  without -b: every row of DESIGN.md section 7\n",
+          "-g graph(0/1) --causal 0/1 -r reuse_schedule(0/1) -i idle_ms_before_each_row -W warm_ms]\n  without -b: "
+          "every row of DESIGN.md section 7\n",
           argv[0]);
       return false;
     }
@@ -320,6 +335,7 @@ int main(int argc, char** argv) {
             {128, 1, 8192, 32, false, false}};
   }
   for (const Row& r : rows) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(o.idle_ms));
     try {
       run_row(r, o, prop);
     } catch (const std::exception& e) {
