@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -51,6 +52,7 @@ class PeerCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override {
     return std::make_unique<PeerCommunicator>(base_->split(color, key), device_, opt_);
   }
+  Communicator* wrapped() override { return base_.get(); }
 
   dmlaResult_t all_to_all(const void* send, void* recv, size_t bytes, void* stream) override {
     if (auto r = failed(); r != dmlaSuccess) return r;
@@ -90,13 +92,16 @@ class PeerCommunicator final : public Communicator {
     if (auto r = failed(); r != dmlaSuccess) return r;
     cudaStream_t st = static_cast<cudaStream_t>(stream);
     cudaError_t q = cudaErrorNotReady;
-    const bool done = detail::poll_until(detail::deadline_after_ms(opt_.timeout_ms), [&] {
+    // The kernel's own deadline (timeout_ms from its first unmet wait, after its launch and its
+    // pushes) names the rank it waited for; the host waits longer so that the kernel's verdict
+    // arrives first (with equal deadlines the host won the race on a fresh 2-GPU machine, run D13).
+    const int host_ms = opt_.timeout_ms + std::max(100, opt_.timeout_ms / 4);
+    const bool done = detail::poll_until(detail::deadline_after_ms(host_ms), [&] {
       q = cudaStreamQuery(st);
       return q != cudaErrorNotReady || error_word() != 0;
     });
     if (auto r = failed(); r != dmlaSuccess) return r;
-    if (!done)
-      return set_error(dmlaErrorTimeout, "peer wait: stream not done after " + std::to_string(opt_.timeout_ms) + " ms");
+    if (!done) return set_error(dmlaErrorTimeout, "peer wait: stream not done after " + std::to_string(host_ms) + " ms");
     if (q != cudaSuccess)
       return set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": cudaStreamQuery: " + cudaGetErrorString(q));
     return base_->memory() == MemSpace::kDevice ? base_->wait(stream) : dmlaSuccess;

@@ -259,13 +259,14 @@ int run(const JobOptions& opt) {
     rel = cr.rel_err;
   }
   const double kv_bytes = static_cast<double>(s.num_blocks) * g.page_size * DMLA_D_QK * 2;
-  constexpr int kVals = 10;
+  constexpr int kVals = 11;
   const std::vector<double> all = gather(*comm, {median(step_us), median(xchg_us), median(merge_us), wrong, rel,
                                                  kv_bytes, median(attn_us), xb.exchange_merge_us, xb.bare_us,
-                                                 xb.step_us});
+                                                 xb.step_us, xb.bare_wrapped_us});
   int failed = 0;
   if (L.rank == 0) {
-    double step = 0, xchg = 0, mrg = 0, nwrong = 0, maxrel = 0, kvmax = 0, attn = 0, xm = 0, bare = 0, gstep = 0;
+    double step = 0, xchg = 0, mrg = 0, nwrong = 0, maxrel = 0, kvmax = 0, attn = 0, xm = 0, bare = 0, gstep = 0,
+           bare_w = 0;
     for (int r = 0; r < L.world; ++r) {
       const double* v = &all[kVals * r];
       step = std::max(step, v[0]);
@@ -278,6 +279,7 @@ int run(const JobOptions& opt) {
       xm = std::max(xm, v[7]);
       bare = std::max(bare, v[8]);
       gstep = std::max(gstep, v[9]);
+      bare_w = std::max(bare_w, v[10]);
     }
     // Per GPU: its heads over its share of the KV (DESIGN.md section 7 formulas on the shard).
     const double S = w.mean_len(), h_tp = static_cast<double>(g.h_q) / tp;
@@ -298,32 +300,38 @@ int run(const JobOptions& opt) {
                 opt.iters, opt.reuse_schedule ? "; -r 1: split schedule reused (a layer after the first)" : "");
     const bool xbench = xm > 0;
     if (gstep > 0)
-      std::printf("# -G %d: 'graph step us' = the step, 'x+m graph us' = exchange + merge alone (pack, NCCL, "
-                  "combine), 'bare us' = NCCL %s of the same %zu B a peer; each captured in a CUDA graph and "
-                  "launched %d times back to back after the ranks align (nccl-tests style), time / %d, median of "
-                  "%d such rounds\n",
+      std::printf("# -G %d: 'graph step us' = the step, 'x+m graph us' = exchange + merge alone (pack, "
+                  "exchange, combine), 'bare us' = the CP group's %s of the same %zu B a peer (%s), 'NCCL bare' = "
+                  "the same through the NCCL communicator it wraps (-P 1), 'ratio' = x+m / the NCCL bare (the "
+                  "issue-4 yardstick); each captured in a CUDA graph and launched %d times back to back after "
+                  "the ranks align (nccl-tests style), time / %d, median of %d such rounds\n",
                   opt.graph_iters, dec.mode() == MergeMode::kAllToAll ? "all-to-all" : "all-gather",
-                  dec.exchange_bytes(), opt.graph_iters, opt.graph_iters, kGraphRounds);
-    std::printf("%7s %9s %5s %4s %9s %4s %2s %10s %9s %11s %9s %9s %9s %12s %8s %10s %13s %12s %9s %6s\n", "TPxCP",
-                "merge", "b", "s_q", "mean S", "h_q", "k", "step us", "attn us", "exchange us", "merge us",
+                  dec.exchange_bytes(), dec.cp_group().backend_name(), opt.graph_iters, opt.graph_iters,
+                  kGraphRounds);
+    std::printf("%7s %9s %5s %4s %9s %4s %2s %10s %9s %11s %9s %9s %9s %12s %8s %10s %13s %12s %9s %9s %6s\n",
+                "TPxCP", "merge", "b", "s_q", "mean S", "h_q", "k", "step us", "attn us", "exchange us", "merge us",
                 "TFLOP/s", "GB/s", "KV B/GPU", "#wrong", "rel err", "graph step us", "x+m graph us", "bare us",
-                "ratio");
+                "NCCL bare", "ratio");
     char layout[32];
     std::snprintf(layout, sizeof layout, "%dx%d", tp, cp);
     char rel_text[32] = "-";  // unchecked rows have no error to show
     if (opt.check) std::snprintf(rel_text, sizeof rel_text, "%.3e", maxrel);
-    char gstep_text[32] = "-", xm_text[32] = "-", bare_text[32] = "-", ratio_text[32] = "-";
+    char gstep_text[32] = "-", xm_text[32] = "-", bare_text[32] = "-", bare_w_text[32] = "-", ratio_text[32] = "-";
     if (gstep > 0) std::snprintf(gstep_text, sizeof gstep_text, "%.1f", gstep);
     if (xbench) {
+      // the NCCL bare: the wrapped communicator's when the CP group wraps one (-P 1), else its own
+      const double nccl_bare = bare_w > 0 ? bare_w : bare;
       std::snprintf(xm_text, sizeof xm_text, "%.1f", xm);
       std::snprintf(bare_text, sizeof bare_text, "%.1f", bare);
-      std::snprintf(ratio_text, sizeof ratio_text, "%.2f", bare > 0 ? xm / bare : 0);
+      if (bare_w > 0) std::snprintf(bare_w_text, sizeof bare_w_text, "%.1f", bare_w);
+      std::snprintf(ratio_text, sizeof ratio_text, "%.2f", nccl_bare > 0 ? xm / nccl_bare : 0);
     }
-    std::printf("%7s %9s %5d %4d %9.1f %4d %2d %10.1f %9.1f %11.1f %9.1f %9.3f %9.1f %12.4g %8s %10s %13s %12s %9s %6s\n",
+    std::printf("%7s %9s %5d %4d %9.1f %4d %2d %10.1f %9.1f %11.1f %9.1f %9.3f %9.1f %12.4g %8s %10s %13s %12s %9s %9s "
+                "%6s\n",
                 layout, merge_mode_name(dec.mode()), g.batch, g.s_q, S, g.h_q, dec.sub_batches(), step, attn, xchg,
                 mrg, step > 0 ? flop / (step * 1e-6) / 1e12 : 0, step > 0 ? bytes / (step * 1e-6) / 1e9 : 0, kvmax,
                 opt.check ? std::to_string(static_cast<long long>(nwrong)).c_str() : "-", rel_text, gstep_text, xm_text,
-                bare_text, ratio_text);
+                bare_text, bare_w_text, ratio_text);
     std::fflush(stdout);
     failed = opt.check && nwrong > 0;
   }

@@ -56,17 +56,22 @@ ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, co
   cudaEvent_t e0, e1;
   ok(cudaEventCreate(&e0), "event");
   ok(cudaEventCreate(&e1), "event");
-  std::vector<double> step, xm, bare;
+  std::vector<double> step, xm, bare, bare_w;
+  dist::Communicator* wrapped = cp.wrapped();  // -P 1: NCCL beside the peer transport
   {
     // The schedule the reusing step needs and the partials run_exchange works on.
     ok(dec.run(in, ws, dec.workspace_bytes(), st), "first step");
-    Graph gs, gx, gb;
+    Graph gs, gx, gb, gw;
     capture(&gs, st, [&] { return dec.run(in, ws, dec.workspace_bytes(), st, flags); });
     if (comm_part) {
       capture(&gx, st, [&] { return dec.run_exchange(in, ws, dec.workspace_bytes(), st); });
       capture(&gb, st, [&] {
         return a2a ? cp.all_to_all(send.p, recv.p, bytes, st) : cp.all_gather(send.p, recv.p, bytes, st);
       });
+      if (wrapped)
+        capture(&gw, st, [&] {
+          return a2a ? wrapped->all_to_all(send.p, recv.p, bytes, st) : wrapped->all_gather(send.p, recv.p, bytes, st);
+        });
     }
     auto timed = [&](cudaGraphExec_t g, int count) {
       ok(world.barrier(), "barrier");
@@ -85,15 +90,17 @@ ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, co
       const int count = r < 0 ? 3 : replays;
       const double s = timed(gs.exec, count);
       const double x = comm_part ? timed(gx.exec, count) : 0, b = comm_part ? timed(gb.exec, count) : 0;
+      const double bw = comm_part && wrapped ? timed(gw.exec, count) : 0;
       if (r < 0) continue;
       step.push_back(s);
       xm.push_back(x);
       bare.push_back(b);
+      bare_w.push_back(bw);
     }
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
-  return {median(step), median(xm), median(bare)};
+  return {median(step), median(xm), median(bare), median(bare_w)};
 }
 
 }  // namespace distmla::examples

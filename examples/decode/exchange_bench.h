@@ -13,6 +13,7 @@ struct ExchangeBench {
   double step_us = 0;            // median of the graph-replayed step (dec.run)
   double exchange_merge_us = 0;  // cp > 1: graph-replayed run_exchange (pack, NCCL, combine)
   double bare_us = 0;            // cp > 1: graph-replayed all-to-all / all-gather alone
+  double bare_wrapped_us = 0;    // the same through the CP group's wrapped communicator (-P 1: NCCL)
 };
 
 // Rounds of back-to-back replays whose median bench_graphs reports.
@@ -22,7 +23,7 @@ constexpr int kGraphRounds = 5;
 // graph is launched `replays` times back to back, after a host barrier on world and a small NCCL
 // all-gather on stream (the ranks start together; host launch skew is not counted), and timed
 // as one event interval / replays, nccl-tests style; kGraphRounds such rounds, interleaved over
-// the three graphs, give the median. flags (DMLA_RUN_REUSE_SCHEDULE or 0) go to the step's
+// the graphs, give the median. flags (DMLA_RUN_REUSE_SCHEDULE or 0) go to the step's
 // run(); an uncaptured first run computes what they reuse. The graph execs are destroyed before
 // returning (before any communicator they captured).
 ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, const dist::DecoderInputs& in,

@@ -56,6 +56,10 @@ class Communicator {
   // Sub-group of the ranks that pass the same color, ordered by key (collective; every rank
   // calls it). Throws distmla::Error on failure.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
+  // The communicator this one wraps for its bootstrap and fallback (the peer communicator's
+  // NCCL one), or null: lets a benchmark time both transports on the same group.
+  virtual Communicator* wrapped() { return nullptr; }
 };
 
 }  // namespace distmla::dist
