@@ -73,7 +73,8 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   for k in ${BENCH_KERNELS:-dsplit}; do
     say "== distmla_bench (DISTMLA_DECODE_KERNEL=$k)"
     echo "## DISTMLA_DECODE_KERNEL=$k" >>"$OUT/bench.log"
-    DISTMLA_DECODE_KERNEL=$k timeout 150 "$BENCH" >>"$OUT/bench.log" 2>&1
+    # -i 2000: every row from an idle card (reproducible; docs/PERFORMANCE.md run 42)
+    DISTMLA_DECODE_KERNEL=$k timeout 150 "$BENCH" -i 2000 >>"$OUT/bench.log" 2>&1
     say "  rc=$?"
   done
   echo "## checked rows (DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit})" >>"$OUT/bench.log"
