@@ -49,7 +49,9 @@ else
     return $rc
   }
 fi
-run() {  # run <command...>: one configuration
+run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just ran the previous
+  # configuration is clocked down by its power cap: docs/PERFORMANCE.md run 42)
+  sleep 2
   echo "## $*" >> "$LOG"
   "$@" >> "$LOG" 2>&1
   echo "## rc=$?" >> "$LOG"
