@@ -45,7 +45,7 @@ struct Opts {
   int b = -1, S = 1024, h = 16, s_q = 1, page = 64, iters = 30, warmup = 5, check = 0, varlen = 0, graph = -1;
   int causal = 1;
   int reuse = 0;  // -r 1: timed calls reuse the schedule (DMLA_RUN_REUSE_SCHEDULE) left by the warm-up
-  // The card's state when a row is timed (run 42: the same row differs by up to 14% between the
+  // The card's state when a row is timed (run 42: the same row differs by up to 17% between the
   // two): -i ms of idle before each row (from boost clocks), -W ms of back-to-back calls before
   // the timed ones (at the 700 W cap, as in a busy server).
   int idle_ms = 0, warm_ms = 0;
