@@ -18,7 +18,7 @@ import sys
 
 CTAS, SLOTS = 264, 256
 ENTRY_NS, EXIT_NS, ENTRY, PDL, EXIT, STORE_NS, SEQS, BLOCKS = 0, 1, 2, 3, 4, 5, 6, 7
-SEQ, BLK_WAIT, BLK_DONE, PDL_NS = 8, 72, 136, 248
+SEQ, BLK_WAIT, BLK_DONE, PDL_NS, COMBINE_NS = 8, 72, 136, 248, 250
 START, QREADY, SUMS, SYNCED, LOOPEND, END, EPISYNC, LASTWARP = range(8)
 
 
@@ -36,7 +36,7 @@ def main(path):
     pdl = st.median((r[PDL_NS] - t0) / 1000.0 for r in ctas)
     print("%d CTAs, SM clock %.3f GHz; past griddepcontrol.wait at %.2f us; done: first %.2f, median %.2f, last %.2f us"
           % (len(ctas), ghz, pdl, rel[0], rel[len(rel) // 2], rel[-1]))
-    c0, c1 = words[250], words[251]  # row 0 (CTA 0, 0): the combine's first start, last end
+    c0, c1 = words[COMBINE_NS], words[COMBINE_NS + 1]  # row 0 (CTA 0, 0): the combine's first start, last end
     if 0 < c0 < c1 < 2 ** 63:
         print("combine (past griddepcontrol.wait to the last row): %.2f .. %.2f us" % ((c0 - t0) / 1000.0, (c1 - t0) / 1000.0))
     store = sorted((r[STORE_NS] - t0) / 1000.0 for r in ctas if r[STORE_NS] > t0)
