@@ -240,8 +240,10 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     cuuint32_t estride[2] = {1, 1};
     const CUtensorMapDataType dtype =
         s.qkv_type == ElemType::kFP16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    // L2 promotion of 128 B, the size of one chunk row of a box: 256 B was 1-4% slower on the
+    // memory-bound rows and no faster at h_q 128 (run 46).
     CUresult cr = encode(&map, dtype, 2, const_cast<void*>(t.kv), gdim, gstride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
     // Q as [batch][rows][576]: a sequence's row tile is one 64 x 64 box a chunk; its rows past
