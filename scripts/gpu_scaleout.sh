@@ -1,7 +1,8 @@
 #!/bin/bash
 # Scale-out GPU run (issues 5 and 6): NCCL multi-rank tests and distmla_decode over every TP x CP
 # layout of NP GPUs, next to the one-GPU step of the same run. Logs under $OUT.
-#   NP=4 OUT=... bash scripts/gpu_scaleout.sh [build-dir]      (default build-dist)
+#   NP=4 OUT=... [SHAPES="16 65536,64 32768"] bash scripts/gpu_scaleout.sh [build-dir]   (default build-dist)
+# All-to-all rows run twice: with the default exchange (-P auto: the CUDA IPC peer path) and -P 0 (NCCL).
 # The build folder may hold carried runtime libraries in <build>/rt (cudart, Open MPI).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -20,8 +21,10 @@ D=$B/examples/decode/distmla_decode
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -np $NP -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH"
 timeout 200 $MPI $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests_np$NP.log" 2>&1
 echo "nccl_tests -np $NP rc=$? ($(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$OUT/nccl_tests_np$NP.log" | tr '\n' ' '))" >> "$G"
+timeout 200 $MPI $B/tests/mpi/distmla_peer_tests --gtest_color=no > "$OUT/peer_tests_np$NP.log" 2>&1
+echo "peer_tests -np $NP rc=$? ($(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$OUT/peer_tests_np$NP.log" | tr '\n' ' '))" >> "$G"
 LOG=$OUT/decode_np$NP.log
-run() { echo "## $*" >> "$LOG"; "$@" >> "$LOG" 2>&1; echo "## rc=$?" >> "$LOG"; }
+run() { sleep 1; echo "## $*" >> "$LOG"; "$@" >> "$LOG" 2>&1; echo "## rc=$?" >> "$LOG"; }  # from idle GPUs (run 42)
 layouts() {  # TP x CP pairs with TP * CP = NP
   local t=$NP
   while [ $t -ge 1 ]; do echo "$t $((NP / t))"; t=$((t / 2)); done
@@ -37,7 +40,8 @@ for H in 128 16; do
   done
 done
 # the issue rows, unchecked (-c 0): one GPU, then every layout and merge mode
-for shape in "16 65536" "64 32768" "128 8192"; do
+IFS=, read -r -a shapes <<< "${SHAPES:-16 65536,64 32768,128 8192}"
+for shape in "${shapes[@]}"; do
   set -- $shape
   for H in 128 16; do
     run timeout 60 $D -b $1 -s $2 -H $H --varlen 0 -n 20 -w 3 -c 0
@@ -46,6 +50,7 @@ for shape in "16 65536" "64 32768" "128 8192"; do
       for m in allgather alltoall; do
         [ "$cp" = 1 ] && [ "$m" = alltoall ] && continue
         run timeout 90 $MPI $D -t $tp -x $cp -m $m -b $1 -s $2 -H $H --varlen 0 -n 20 -w 3 -c 0
+        [ "$m" = alltoall ] && run timeout 90 $MPI $D -t $tp -x $cp -m $m -b $1 -s $2 -H $H --varlen 0 -n 20 -w 3 -c 0 -P 0
       done
     done
   done

@@ -128,6 +128,8 @@ int run(const JobOptions& opt) {
   int ndev = 0;
   const bool gpus = opt.backend != dmlaBackendCpu && cudaGetDeviceCount(&ndev) == cudaSuccess && ndev > 0;
   if (opt.backend == dmlaBackendCuda && !gpus) throw Error(dmlaErrorBackend, "--backend cuda: no GPU");
+  if (opt.peer == 1 && !gpus)
+    throw Error(dmlaErrorInvalidArgument, "-P 1: the peer exchange needs GPUs (this run is on the CPU path)");
   const int local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", L.rank);
   const int device = gpus ? local_rank % ndev : -1;
   CommOptions copt;
@@ -137,7 +139,10 @@ int run(const JobOptions& opt) {
     DJ_CUDA(cudaSetDevice(device));
     comm = L.mpi ? make_nccl_communicator_mpi(MPI_COMM_WORLD, device, copt)
                  : make_nccl_communicator_store(*L.store, "nccl_id", L.rank, L.world, device, copt);
-    if (opt.peer) comm = make_peer_communicator(std::move(comm), device, copt);  // CP all-to-all over IPC
+    // CP all-to-all over CUDA IPC (-P; docs/PERFORMANCE.md D13, D14: the step's targets are met
+    // with it, not with NCCL); the peer communicator falls back to NCCL on its own, all ranks agreeing.
+    if (opt.peer == 1 || (opt.peer < 0 && cp > 1))
+      comm = make_peer_communicator(std::move(comm), device, copt);
   } else {
     comm = L.mpi ? make_mpi_communicator(MPI_COMM_WORLD, copt) : make_store_communicator(*L.store, L.rank, L.world, copt);
   }

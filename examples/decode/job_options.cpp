@@ -103,7 +103,14 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
     } else if (flag == "-c" || flag == "--check") {
       ok = bool01(flag, val, &opt->check, err);
     } else if (flag == "-P" || flag == "--peer") {
-      ok = bool01(flag, val, &opt->peer, err);
+      if (val == "auto") {
+        opt->peer = -1;
+      } else {
+        bool on = false;
+        ok = bool01(flag, val, &on, err);
+        if (ok) opt->peer = on ? 1 : 0;
+        else *err = flag + " " + val + ": must be auto, 0 or 1";
+      }
     } else if (flag == "--varlen") {
       ok = bool01(flag, val, &opt->varlen, err);
     } else if (flag == "--causal") {
@@ -202,9 +209,10 @@ void print_job_usage(const char* argv0) {
       "                      same bytes, each graph-replayed N times (GPUs, cp > 1; default 0: off)\n"
       "  -r, --reuse-schedule 0|1  time a layer after the first of a step: the timed runs reuse\n"
       "                      the split schedule the warm-up computed (default 0)\n"
-      "  -P, --peer 0|1      GPUs: the CP all-to-all through CUDA IPC mailboxes, one kernel instead\n"
+      "  -P, --peer auto|0|1 GPUs: the CP all-to-all through CUDA IPC mailboxes, one kernel instead\n"
       "                      of NCCL; -G's 'bare' column then times that path and 'NCCL bare' the\n"
-      "                      NCCL one it wraps (default 0)\n"
+      "                      NCCL one it wraps. auto (default): on with GPUs and cp > 1, staying on\n"
+      "                      NCCL (the header says why) when a rank cannot map a peer's memory\n"
       "      --store H:P     TCP store bootstrap instead of MPI (with --rank, --world)\n"
       "      --rank N        this process's rank (TCP store bootstrap)\n"
       "      --world N       number of processes (TCP store bootstrap)\n"

@@ -56,26 +56,27 @@ run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just 
   "$@" >> "$LOG" 2>&1
   echo "## rc=$?" >> "$LOG"
 }
-# ROWS=core: only the loop below (the issue-4 rows, NCCL and -P 1, -r 0 and 1; ~2.5 min);
+# ROWS=core: only the loop below (the issue-4 rows, -P 0 and -P 1, -r 0 and 1; ~2.5 min);
 # ROWS=target: those plus sub-batches and the all-gather (~4 min); default: all rows.
 ROWS=${ROWS:-all}
 # issue-4 target rows: one GPU vs CP 2, same run; -k sub-batches (exchange overlapped with the
 # next slice's attention); -G: graph-replayed step, exchange + merge alone and a bare NCCL
-# collective of the same bytes, back to back; -r 1: every layer after the first of a step
+# collective of the same bytes, back to back; -r 1: every layer after the first of a step;
+# rows without -P use the default (-P auto: the peer exchange)
 # (the split schedule reused), one GPU and CP alike
 G="-G 30"
 for r in 0 1; do
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
     run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r
-    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G
-    # the CP all-to-all through CUDA IPC mailboxes (-P 1; its bare column times that path, so
-    # compare its x+m with the NCCL row's bare)
+    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G -P 0
+    # the CP all-to-all through CUDA IPC mailboxes (-P 1, also the default: its bare column
+    # times that path, its NCCL bare the NCCL one it wraps)
     run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G -P 1
   done
 done
 if [ "$ROWS" != core ]; then
   run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2 -P 1
-  run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2
+  run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2 -P 0
   run timeout 60 $D -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
   for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k $k $G; done
   run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k 1 $G

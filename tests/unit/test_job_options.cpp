@@ -35,7 +35,7 @@ TEST(JobOptions, Defaults) {
   EXPECT_EQ(p.opt.mean_len, 512);
   EXPECT_EQ(p.opt.heads, 16);
   EXPECT_EQ(p.opt.backend, dmlaBackendAuto);
-  EXPECT_FALSE(p.opt.peer);
+  EXPECT_EQ(p.opt.peer, -1);  // auto
 }
 
 TEST(JobOptions, ShortLongAndEqualsForms) {
@@ -62,7 +62,9 @@ TEST(JobOptions, ShortLongAndEqualsForms) {
   EXPECT_EQ(p.opt.store, "node1:29500");
   EXPECT_EQ(p.opt.rank, 1);
   EXPECT_EQ(p.opt.world, 8);
-  EXPECT_TRUE(p.opt.peer);
+  EXPECT_EQ(p.opt.peer, 1);
+  EXPECT_EQ(parse({"-P", "0"}).opt.peer, 0);
+  EXPECT_EQ(parse({"--peer", "auto"}).opt.peer, -1);
 }
 
 TEST(JobOptions, HelpFlag) {
