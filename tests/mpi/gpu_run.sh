@@ -61,9 +61,9 @@ run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just 
 ROWS=${ROWS:-all}
 # issue-4 target rows: one GPU vs CP 2, same run; -k sub-batches (exchange overlapped with the
 # next slice's attention); -G: graph-replayed step, exchange + merge alone and a bare NCCL
-# collective of the same bytes, back to back; -r 1: every layer after the first of a step;
-# rows without -P use the default (-P auto: the peer exchange)
-# (the split schedule reused), one GPU and CP alike
+# collective of the same bytes, back to back; -r 1: every layer after the first of a step
+# (the split schedule reused), one GPU and CP alike. Rows without -P use the default (-P auto:
+# the peer exchange).
 G="-G 30"
 for r in 0 1; do
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
