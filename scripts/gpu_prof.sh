@@ -18,8 +18,8 @@ for k in ${KS:-dsplit}; do
   echo "== $k ncu rc=$?"
   ncu -i "$OUT/prof_$k.ncu-rep" --page details > "$OUT/details_$k.txt" 2>&1
   ncu -i "$OUT/prof_$k.ncu-rep" --page source --csv --print-source sass > "$OUT/sass_$k.csv" 2>&1
-  grep -E "SM Frequency|^    Duration|Issue Slots Busy|Tensor|Eligible Warps|No Eligible|L2 Hit Rate|DRAM Throughput" \
-    "$OUT/details_$k.txt" | head -20
+  grep -E "SM Frequency|^    Duration|Issue Slots Busy|Tensor|Eligible Warps|No Eligible|L2 Hit Rate|DRAM Throughput|L2 Cache Throughput|Memory Throughput" \
+    "$OUT/details_$k.txt" | head -24
   python3 - "$OUT/sass_$k.csv" <<'PY'
 import bisect, csv, sys
 rows = list(csv.reader(open(sys.argv[1])))
