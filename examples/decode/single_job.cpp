@@ -46,8 +46,11 @@ struct DeviceBuffer {
 
 struct RunResult {
   std::vector<double> times_us;
+  double graph_us = 0;  // -G: the call replayed from a CUDA graph, back to back (0: not timed)
   std::string device;
 };
+
+constexpr int kGraphRounds = 5;  // rounds of back-to-back replays whose median graph_us is
 
 
 // CPU backend: host tensors are used as they are.
@@ -120,6 +123,41 @@ bool run_cuda(const JobOptions& opt, const DecodePlan& plan, const Workload& w, 
     JOB_CUDA(cudaStreamSynchronize(stream));
     return true;
   }();
+  // -G: the same call captured in a graph and replayed back to back, one event interval per
+  // round (no launch gaps: what the distributed job's graph-replayed step is compared with).
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  if (ok && opt.graph_iters > 0) {
+    ok = [&]() {
+      const unsigned flags = opt.reuse_schedule ? DMLA_RUN_REUSE_SCHEDULE : 0u;
+      JOB_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      try {
+        plan.run(t, ws.p, ws_bytes, stream, flags);
+      } catch (...) {  // end the capture before the error leaves (the stream stays usable)
+        cudaGraph_t g = nullptr;
+        cudaStreamEndCapture(stream, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      JOB_CUDA(cudaStreamEndCapture(stream, &graph));
+      JOB_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      std::vector<double> rounds;
+      for (int r = -1; r < kGraphRounds; ++r) {
+        const int count = r < 0 ? 3 : opt.graph_iters;
+        JOB_CUDA(cudaEventRecord(ev[0], stream));
+        for (int i = 0; i < count; ++i) JOB_CUDA(cudaGraphLaunch(exec, stream));
+        JOB_CUDA(cudaEventRecord(ev[1], stream));
+        JOB_CUDA(cudaEventSynchronize(ev[1]));
+        float ms = 0;
+        JOB_CUDA(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+        if (r >= 0) rounds.push_back(1000.0 * ms / count);
+      }
+      res->graph_us = median(rounds);
+      return true;
+    }();
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
   for (cudaEvent_t e : ev) {
     if (e) cudaEventDestroy(e);
   }
@@ -192,16 +230,22 @@ int run_single_device_job(const JobOptions& opt) {
               shape.page_size, "bf16", opt.varlen ? 1 : 0, opt.causal ? 1 : 0,
               static_cast<unsigned long long>(opt.seed), opt.warmup, opt.iters,
               opt.reuse_schedule ? "; -r 1: the split schedule is reused (as by every layer after the first)" : "");
-  std::printf("%6s %4s %9s %4s %5s %8s %-28s %12s %9s %9s %10s %7s\n", "b", "s_q", "mean S", "h_q",
-              "page", "backend", "device", "time us", "TFLOP/s", "GB/s", "rel err", "#wrong");
+  if (res.graph_us > 0)
+    std::printf("# graph us: the same call captured in a CUDA graph, replayed %d times back to back, per call "
+                "(median of %d rounds; the figure the distributed job's graph step compares with)\n",
+                opt.graph_iters, kGraphRounds);
+  std::printf("%6s %4s %9s %4s %5s %8s %-28s %12s %9s %9s %10s %7s %10s\n", "b", "s_q", "mean S", "h_q",
+              "page", "backend", "device", "time us", "TFLOP/s", "GB/s", "rel err", "#wrong", "graph us");
   char err_col[32] = "-", wrong_col[32] = "-";
   if (opt.check) {
     std::snprintf(err_col, sizeof err_col, "%.3e", cmp.rel_err);
     std::snprintf(wrong_col, sizeof wrong_col, "%lld", static_cast<long long>(cmp.wrong));
   }
-  std::printf("%6d %4d %9.1f %4d %5d %8s %-28s %12.1f %9.3f %9.1f %10s %7s\n", shape.batch, shape.s_q,
+  char graph_col[32] = "-";
+  if (res.graph_us > 0) std::snprintf(graph_col, sizeof graph_col, "%.1f", res.graph_us);
+  std::printf("%6d %4d %9.1f %4d %5d %8s %-28s %12.1f %9.3f %9.1f %10s %7s %10s\n", shape.batch, shape.s_q,
               mean_s, shape.h_q, shape.page_size, backend_name(backend), res.device.c_str(), t_us, tflops,
-              gbs, err_col, wrong_col);
+              gbs, err_col, wrong_col, graph_col);
   if (opt.check) {
     std::printf("# max |lse - lse_ref| = %.3e\n", cmp.max_lse_err);
     if (!cmp.ok()) {

@@ -67,7 +67,7 @@ ROWS=${ROWS:-all}
 G="-G 30"
 for r in 0 1; do
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
-    run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r
+    run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r $G  # its 'graph us' is what the CP graph step compares with
     run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G -P 0
     # the CP all-to-all through CUDA IPC mailboxes (-P 1, also the default: its bare column
     # times that path, its NCCL bare the NCCL one it wraps)
