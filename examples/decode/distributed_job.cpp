@@ -139,8 +139,8 @@ int run(const JobOptions& opt) {
     DJ_CUDA(cudaSetDevice(device));
     comm = L.mpi ? make_nccl_communicator_mpi(MPI_COMM_WORLD, device, copt)
                  : make_nccl_communicator_store(*L.store, "nccl_id", L.rank, L.world, device, copt);
-    // CP all-to-all over CUDA IPC (-P; docs/PERFORMANCE.md D13, D14: the step's targets are met
-    // with it, not with NCCL); the peer communicator falls back to NCCL on its own, all ranks agreeing.
+    // CP all-to-all over CUDA IPC (-P; docs/PERFORMANCE.md D13, D14, X2: 8-11 us faster a step
+    // than NCCL); the peer communicator falls back to NCCL on its own, all ranks agreeing.
     if (opt.peer == 1 || (opt.peer < 0 && cp > 1))
       comm = make_peer_communicator(std::move(comm), device, copt);
   } else {
