@@ -108,4 +108,6 @@ if [ "$ROWS" = all ]; then
   run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
   run dist -t 2 -x 1 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
 fi
+# issue 4's ratio, like for like: CP graph step / one-GPU call replayed from a graph
+python3 scripts/cp_ratio.py "$LOG" >> "$G" 2>&1
 echo "done $(date -u)" >> "$G"
