@@ -7,6 +7,7 @@
 
 #include "distmla/dist/error.h"
 #include "distmla/distmla.hpp"
+#include "graph_replay.h"
 #include "median.h"
 
 namespace distmla::examples {
@@ -26,23 +27,12 @@ struct Buf {
   ~Buf() { cudaFree(p); }
 };
 
-// One captured graph; the exec goes before anything it captured (the NCCL communicator).
-struct Graph {
-  cudaGraph_t g = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  ~Graph() {
-    if (exec) cudaGraphExecDestroy(exec);
-    if (g) cudaGraphDestroy(g);
-  }
-};
-
+// body: a distmla call returning dmlaResult_t, checked once the capture has ended.
 template <typename F>
 void capture(Graph* gr, cudaStream_t st, F&& body) {
-  ok(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "begin capture");
-  const dmlaResult_t r = body();
-  ok(cudaStreamEndCapture(st, &gr->g), "end capture");
+  dmlaResult_t r = dmlaSuccess;
+  ok(capture_graph(gr, st, [&] { r = body(); }), "capture");
   ok(r, "captured call");
-  ok(cudaGraphInstantiate(&gr->exec, gr->g, 0), "instantiate");
 }
 
 }  // namespace
@@ -65,13 +55,11 @@ ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, co
     capture(&gs, st, [&] { return dec.run(in, ws, dec.workspace_bytes(), st, flags); });
     if (comm_part) {
       capture(&gx, st, [&] { return dec.run_exchange(in, ws, dec.workspace_bytes(), st); });
-      capture(&gb, st, [&] {
-        return a2a ? cp.all_to_all(send.p, recv.p, bytes, st) : cp.all_gather(send.p, recv.p, bytes, st);
-      });
-      if (wrapped)
-        capture(&gw, st, [&] {
-          return a2a ? wrapped->all_to_all(send.p, recv.p, bytes, st) : wrapped->all_gather(send.p, recv.p, bytes, st);
-        });
+      auto bare_on = [&](dist::Communicator& c) {
+        return a2a ? c.all_to_all(send.p, recv.p, bytes, st) : c.all_gather(send.p, recv.p, bytes, st);
+      };
+      capture(&gb, st, [&] { return bare_on(cp); });
+      if (wrapped) capture(&gw, st, [&] { return bare_on(*wrapped); });
     }
     auto timed = [&](cudaGraphExec_t g, int count) {
       ok(world.barrier(), "barrier");

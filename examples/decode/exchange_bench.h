@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include "distmla/dist/decoder.h"
+#include "graph_replay.h"  // kGraphRounds
 
 namespace distmla::examples {
 
@@ -15,9 +16,6 @@ struct ExchangeBench {
   double bare_us = 0;            // cp > 1: graph-replayed all-to-all / all-gather alone
   double bare_wrapped_us = 0;    // the same through the CP group's wrapped communicator (-P 1: NCCL)
 };
-
-// Rounds of back-to-back replays whose median bench_graphs reports.
-constexpr int kGraphRounds = 5;
 
 // Collective over world (and dec's CP group). dec must be planned without record_timing. Each
 // graph is launched `replays` times back to back, after a host barrier on world and a small NCCL

@@ -17,6 +17,7 @@
 #include "distmla/distmla.hpp"
 #include "distmla/reference.h"
 #include "distmla/workload.h"
+#include "graph_replay.h"
 #include "job_options.h"
 #include "median.h"
 
@@ -49,8 +50,6 @@ struct RunResult {
   double graph_us = 0;  // -G: the call replayed from a CUDA graph, back to back (0: not timed)
   std::string device;
 };
-
-constexpr int kGraphRounds = 5;  // rounds of back-to-back replays whose median graph_us is
 
 
 // CPU backend: host tensors are used as they are.
@@ -125,27 +124,16 @@ bool run_cuda(const JobOptions& opt, const DecodePlan& plan, const Workload& w, 
   }();
   // -G: the same call captured in a graph and replayed back to back, one event interval per
   // round (no launch gaps: what the distributed job's graph-replayed step is compared with).
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
+  Graph graph;
   if (ok && opt.graph_iters > 0) {
     ok = [&]() {
       const unsigned flags = opt.reuse_schedule ? DMLA_RUN_REUSE_SCHEDULE : 0u;
-      JOB_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      try {
-        plan.run(t, ws.p, ws_bytes, stream, flags);
-      } catch (...) {  // end the capture before the error leaves (the stream stays usable)
-        cudaGraph_t g = nullptr;
-        cudaStreamEndCapture(stream, &g);
-        if (g) cudaGraphDestroy(g);
-        throw;
-      }
-      JOB_CUDA(cudaStreamEndCapture(stream, &graph));
-      JOB_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      JOB_CUDA(capture_graph(&graph, stream, [&] { plan.run(t, ws.p, ws_bytes, stream, flags); }));
       std::vector<double> rounds;
       for (int r = -1; r < kGraphRounds; ++r) {
         const int count = r < 0 ? 3 : opt.graph_iters;
         JOB_CUDA(cudaEventRecord(ev[0], stream));
-        for (int i = 0; i < count; ++i) JOB_CUDA(cudaGraphLaunch(exec, stream));
+        for (int i = 0; i < count; ++i) JOB_CUDA(cudaGraphLaunch(graph.exec, stream));
         JOB_CUDA(cudaEventRecord(ev[1], stream));
         JOB_CUDA(cudaEventSynchronize(ev[1]));
         float ms = 0;
@@ -156,8 +144,6 @@ bool run_cuda(const JobOptions& opt, const DecodePlan& plan, const Workload& w, 
       return true;
     }();
   }
-  if (exec) cudaGraphExecDestroy(exec);
-  if (graph) cudaGraphDestroy(graph);
   for (cudaEvent_t e : ev) {
     if (e) cudaEventDestroy(e);
   }
