@@ -75,10 +75,8 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
           // With one row tile each KV block has one reader, and L2 may evict it first: 2-5%
           // faster with up to 32 rows (short rows most). Measured, not derived (run 46): at 64
           // rows it cost 1%, and 1.5-4.5% with two or more tiles (the later ones read from L2).
-          if (gridDim.y == 1 && p.rows <= 32)
-            tma_load_2d_evict_first(dst + c * kChunkBytes + k * R * 128, &kv_map, full + 8 * c, c * 64, row);
-          else
-            tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, full + 8 * c, c * 64, row);
+          tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, full + 8 * c, c * 64, row,
+                      gridDim.y == 1 && p.rows <= 32);
         }
       }
       ++produced;
