@@ -38,8 +38,8 @@ def main(path):
             out.append(f"b {key[0]} S {key[1]} h {key[2]} -r {key[3]} {f[0]} {f[1]} exchange {peer}: "
                        f"graph step {step} us; one GPU graph {graph or '-'} us, eager {eager} us; "
                        f"step / one GPU: {like} like for like, {float(step) / eager:.3f}x vs eager")
-        elif len(f) >= 12 and f[0].isdigit() and "-x" not in cmd and "-t" not in cmd:  # one-GPU row
-            col = dict(zip(tail, f[-len(tail):])) if tail else {}
+        elif f[0].isdigit() and tail:  # a one-GPU row (distributed rows start with TPxCP)
+            col = dict(zip(tail, f[-len(tail):]))
             if "time us" not in col:
                 continue
             g = col.get("graph us", "-")
