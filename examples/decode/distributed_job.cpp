@@ -216,7 +216,11 @@ int run(const JobOptions& opt) {
       gcfg.record_timing = false;
       DistDecoder gdec(*comm, groups, gcfg);
       DevMem gws(gdec.workspace_bytes());
-      xb = bench_graphs(*comm, gdec, in, gws.p, st, opt.graph_iters, flags);
+      // -W: every rank replays the same number of steps (collectives inside), from the slowest
+      // rank's eager median.
+      double slowest = 0;
+      for (double v : gather(*comm, {median(step_us)})) slowest = std::max(slowest, v);
+      xb = bench_graphs(*comm, gdec, in, gws.p, st, opt.graph_iters, flags, warm_replays(opt.warm_ms, slowest));
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
@@ -309,10 +313,10 @@ int run(const JobOptions& opt) {
                   "exchange, combine), 'bare us' = the CP group's %s of the same %zu B a peer (%s), 'NCCL bare' = "
                   "the same through the NCCL communicator it wraps (-P 1), 'ratio' = x+m / the NCCL bare (the "
                   "issue-4 yardstick); each captured in a CUDA graph and launched %d times back to back after "
-                  "the ranks align (nccl-tests style), time / %d, median of %d such rounds\n",
+                  "the ranks align (nccl-tests style), time / %d, median of %d such rounds, after %d ms of step replays\n",
                   opt.graph_iters, dec.mode() == MergeMode::kAllToAll ? "all-to-all" : "all-gather",
                   dec.exchange_bytes(), dec.cp_group().backend_name(), opt.graph_iters, opt.graph_iters,
-                  kGraphRounds);
+                  kGraphRounds, opt.warm_ms);
     std::printf("%7s %9s %5s %4s %9s %4s %2s %10s %9s %11s %9s %9s %9s %12s %8s %10s %13s %12s %9s %9s %6s\n",
                 "TPxCP", "merge", "b", "s_q", "mean S", "h_q", "k", "step us", "attn us", "exchange us", "merge us",
                 "TFLOP/s", "GB/s", "KV B/GPU", "#wrong", "rel err", "graph step us", "x+m graph us", "bare us",

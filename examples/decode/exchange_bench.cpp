@@ -38,7 +38,7 @@ void capture(Graph* gr, cudaStream_t st, F&& body) {
 }  // namespace
 
 ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, const dist::DecoderInputs& in,
-                           void* ws, cudaStream_t st, int replays, unsigned flags) {
+                           void* ws, cudaStream_t st, int replays, unsigned flags, int warm) {
   dist::Communicator& cp = dec.cp_group();
   const size_t bytes = dec.exchange_bytes(), n = world.size();
   const bool a2a = dec.mode() == dist::MergeMode::kAllToAll, comm_part = bytes > 0;
@@ -76,7 +76,7 @@ ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, co
     // interleaved so that drift hits all alike.
     for (int r = -1; r < kGraphRounds; ++r) {
       const int count = r < 0 ? 3 : replays;
-      const double s = timed(gs.exec, count);
+      const double s = timed(gs.exec, r < 0 ? count + warm : count);
       const double x = comm_part ? timed(gx.exec, count) : 0, b = comm_part ? timed(gb.exec, count) : 0;
       const double bw = comm_part && wrapped ? timed(gw.exec, count) : 0;
       if (r < 0) continue;

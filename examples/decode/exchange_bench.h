@@ -22,9 +22,10 @@ struct ExchangeBench {
 // all-gather on stream (the ranks start together; host launch skew is not counted), and timed
 // as one event interval / replays, nccl-tests style; kGraphRounds such rounds, interleaved over
 // the graphs, give the median. flags (DMLA_RUN_REUSE_SCHEDULE or 0) go to the step's
-// run(); an uncaptured first run computes what they reuse. The graph execs are destroyed before
-// returning (before any communicator they captured).
+// run(); an uncaptured first run computes what they reuse. warm: step replays before the rounds
+// (-W; the same count on every rank). The graph execs are destroyed before returning (before any
+// communicator they captured).
 ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, const dist::DecoderInputs& in,
-                           void* ws, cudaStream_t stream, int replays, unsigned flags);
+                           void* ws, cudaStream_t stream, int replays, unsigned flags, int warm = 0);
 
 }  // namespace distmla::examples

@@ -9,6 +9,16 @@ namespace distmla::examples {
 // Rounds of back-to-back replays whose median -G reports.
 constexpr int kGraphRounds = 5;
 
+// -W: replays that keep the card busy for about warm_ms before the timed rounds, given a call's
+// time (at least 1 when warm_ms > 0). Timed straight after the eager runs, the same call differs
+// by up to 17% with the power state they left, and a longer call (one GPU vs a CP step) heats the
+// card more in the same number of replays (docs/PERFORMANCE.md, run 42 and run D15).
+inline int warm_replays(int warm_ms, double call_us) {
+  if (warm_ms <= 0) return 0;
+  const double n = warm_ms * 1e3 / (call_us > 1.0 ? call_us : 1.0);
+  return n < 1 ? 1 : (n > 1e6 ? 1000000 : static_cast<int>(n + 0.5));
+}
+
 // One captured graph; the exec goes before anything it captured (e.g. an NCCL communicator).
 struct Graph {
   cudaGraph_t g = nullptr;

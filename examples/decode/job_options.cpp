@@ -73,7 +73,8 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
                                       "-c", "--check", "--varlen", "--causal", "--seed", "--backend",
                                       "-t", "--tp", "-x", "--cp", "-m", "--merge", "--store",
                                       "--rank", "--world", "-k", "--sub-batches", "-G",
-                                      "--graph-iters", "-r", "--reuse-schedule", "-P", "--peer"};
+                                      "--graph-iters", "-r", "--reuse-schedule", "-P", "--peer", "-W",
+                                      "--warm-ms"};
         bool is_known = false;
         for (const char* k : known) is_known |= flag == k;
         if (!is_known) *err = "unknown flag " + flag + " (see --help)";
@@ -159,6 +160,8 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
       ok = int_in(flag, val, 0, 100000, "graph replays must be 0 (off) .. 100000", &opt->graph_iters, err);
     } else if (flag == "-r" || flag == "--reuse-schedule") {
       ok = bool01(flag, val, &opt->reuse_schedule, err);
+    } else if (flag == "-W" || flag == "--warm-ms") {
+      ok = int_in(flag, val, 0, 60000, "warm time must be 0 .. 60000 ms", &opt->warm_ms, err);
     } else {
       *err = "unknown flag " + flag + " (see --help)";
       ok = false;
@@ -173,6 +176,10 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
   if (opt->reuse_schedule && opt->warmup < 1) {
     *err = "-r/--reuse-schedule 1 with -w/--warmup " + std::to_string(opt->warmup) +
            ": the warm-up computes the schedule the timed runs reuse (needs -w >= 1)";
+    return false;
+  }
+  if (opt->warm_ms > 0 && opt->graph_iters == 0) {
+    *err = "-W/--warm-ms " + std::to_string(opt->warm_ms) + ": warms the graph replays of -G, which is off (give -G N)";
     return false;
   }
   if (opt->rank >= 0 && opt->world > 0 && opt->rank >= opt->world) {
@@ -208,6 +215,9 @@ void print_job_usage(const char* argv0) {
       "  -G, --graph-iters N GPUs: also time the call (one GPU) or the step replayed from a CUDA\n"
       "                      graph N times back to back; with cp > 1 also exchange + merge alone\n"
       "                      and a bare collective of the same bytes (default 0: off)\n"
+      "  -W, --warm-ms MS    with -G: replay the graph back to back for about MS ms before timing\n"
+      "                      it, so that it is timed at the card's power cap, as in a busy server\n"
+      "                      (1000 is enough; default 0: timed in the state the eager runs left)\n"
       "  -r, --reuse-schedule 0|1  time a layer after the first of a step: the timed runs reuse\n"
       "                      the split schedule the warm-up computed (default 0)\n"
       "  -P, --peer auto|0|1 GPUs: the CP all-to-all through CUDA IPC mailboxes, one kernel instead\n"

@@ -32,6 +32,7 @@ struct JobOptions {
   int sub_batches = 0;             // -k  DecoderConfig::sub_batches (0: automatic)
   int graph_iters = 0;             // -G  graph-replayed exchange + merge vs bare collective (0: off)
   bool reuse_schedule = false;     // -r  timed runs reuse the warm-up's split schedule (per layer)
+  int warm_ms = 0;                 // -W  with -G: replay the step graph ~this long before timing it
   // -P  CP all-to-all through CUDA IPC mailboxes: -1 auto (on GPUs when cp > 1; the peer
   // communicator itself stays on NCCL when a rank cannot map a peer), 0 NCCL, 1 peer (GPUs only)
   int peer = -1;

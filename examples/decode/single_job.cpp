@@ -130,8 +130,9 @@ bool run_cuda(const JobOptions& opt, const DecodePlan& plan, const Workload& w, 
       const unsigned flags = opt.reuse_schedule ? DMLA_RUN_REUSE_SCHEDULE : 0u;
       JOB_CUDA(capture_graph(&graph, stream, [&] { plan.run(t, ws.p, ws_bytes, stream, flags); }));
       std::vector<double> rounds;
+      const int warm = 3 + warm_replays(opt.warm_ms, median(res->times_us));
       for (int r = -1; r < kGraphRounds; ++r) {
-        const int count = r < 0 ? 3 : opt.graph_iters;
+        const int count = r < 0 ? warm : opt.graph_iters;
         JOB_CUDA(cudaEventRecord(ev[0], stream));
         for (int i = 0; i < count; ++i) JOB_CUDA(cudaGraphLaunch(graph.exec, stream));
         JOB_CUDA(cudaEventRecord(ev[1], stream));
@@ -218,8 +219,9 @@ int run_single_device_job(const JobOptions& opt) {
               opt.reuse_schedule ? "; -r 1: the split schedule is reused (as by every layer after the first)" : "");
   if (res.graph_us > 0)
     std::printf("# graph us: the same call captured in a CUDA graph, replayed %d times back to back, per call "
-                "(median of %d rounds; the figure the distributed job's graph step compares with)\n",
-                opt.graph_iters, kGraphRounds);
+                "(median of %d rounds, after %d ms of replays; the figure the distributed job's graph step "
+                "compares with)\n",
+                opt.graph_iters, kGraphRounds, opt.warm_ms);
   std::printf("%6s %4s %9s %4s %5s %8s %-28s %12s %9s %9s %10s %7s %10s\n", "b", "s_q", "mean S", "h_q",
               "page", "backend", "device", "time us", "TFLOP/s", "GB/s", "rel err", "#wrong", "graph us");
   char err_col[32] = "-", wrong_col[32] = "-";

@@ -56,22 +56,26 @@ run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just 
   "$@" >> "$LOG" 2>&1
   echo "## rc=$?" >> "$LOG"
 }
-# ROWS=core: only the loop below (the issue-4 rows, -P 0 and -P 1, -r 0 and 1; ~2.5 min);
+# ROWS=core: only the loop below (the issue-4 rows, -P 0 and -P 1, -r 0 and 1, -W 1000 and 0; ~4 min);
 # ROWS=target: those plus sub-batches and the all-gather (~4 min); default: all rows.
 ROWS=${ROWS:-all}
 # issue-4 target rows: one GPU vs CP 2, same run; -k sub-batches (exchange overlapped with the
 # next slice's attention); -G: graph-replayed step, exchange + merge alone and a bare NCCL
 # collective of the same bytes, back to back; -r 1: every layer after the first of a step
-# (the split schedule reused), one GPU and CP alike. Rows without -P use the default (-P auto:
-# the peer exchange).
+# (the split schedule reused), one GPU and CP alike; -W 1000: the graphs timed after 1 s of
+# their own replays, at the power cap (a busy server; -W 0: in the state the eager steps left,
+# which differs between a one-GPU call and a CP step twice as short). Rows without -P use the
+# default (-P auto: the peer exchange).
 G="-G 30"
-for r in 0 1; do
+for rw in "0 1000" "1 1000" "1 0"; do
+  r=${rw% *}
+  GW="$G -W ${rw#* }"
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
-    run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r $G  # its 'graph us' is what the CP graph step compares with
-    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G -P 0
+    run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r $GW  # its 'graph us' is what the CP graph step compares with
+    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GW -P 0
     # the CP all-to-all through CUDA IPC mailboxes (-P 1, also the default: its bare column
     # times that path, its NCCL bare the NCCL one it wraps)
-    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $G -P 1
+    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GW -P 1
   done
 done
 if [ "$ROWS" != core ]; then

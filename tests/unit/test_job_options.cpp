@@ -65,6 +65,10 @@ TEST(JobOptions, ShortLongAndEqualsForms) {
   EXPECT_EQ(p.opt.peer, 1);
   EXPECT_EQ(parse({"-P", "0"}).opt.peer, 0);
   EXPECT_EQ(parse({"--peer", "auto"}).opt.peer, -1);
+  const auto w = parse({"-G", "30", "-W", "1000"});
+  ASSERT_TRUE(w.ok) << w.err;
+  EXPECT_EQ(w.opt.graph_iters, 30);
+  EXPECT_EQ(w.opt.warm_ms, 1000);
 }
 
 TEST(JobOptions, HelpFlag) {
@@ -83,7 +87,8 @@ TEST(JobOptions, BadValuesNameTheFlagAndTheValue) {
       {{"--store", "nohost"}, "--store nohost"}, {{"--store", "h:99999"}, "--store h:99999"},
       {{"-b", "12x"}, "-b 12x"},         {{"-z", "1"}, "unknown flag -z"},
       {{"-b"}, "-b needs a value"},      {{"--rank", "3", "--world", "2"}, "--rank 3"},
-      {{"--varlen=yes"}, "--varlen yes"}, {{"-P", "2"}, "-P 2"}};
+      {{"--varlen=yes"}, "--varlen yes"}, {{"-P", "2"}, "-P 2"},
+      {{"-G", "5", "-W", "-1"}, "-W -1"}, {{"-W", "1000"}, "-W/--warm-ms 1000"}};
   for (const auto& c : cases) {
     const auto p = parse(c.first);
     EXPECT_FALSE(p.ok) << c.second;
