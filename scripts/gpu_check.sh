@@ -36,12 +36,14 @@ run_tests() {  # $1 = log, $2 = per-test timeout, rest = env
   done
   say "  $pass passed, $fail failed ($log)"
 }
-# DISTMLA_DECODE_KERNEL: dsplit (default), tsplit (v3), simple (CUDA cores, same schedule/combine).
-TEST_KERNELS=${TEST_KERNELS:-"dsplit tsplit simple"}
+# DISTMLA_DECODE_KERNEL: dsplit (default), tsplit (v3), simple (CUDA cores, same schedule/combine);
+# dsplit-nomc: dsplit without the KV multicast of paired row tiles (DISTMLA_KV_MULTICAST=0).
+TEST_KERNELS=${TEST_KERNELS:-"dsplit dsplit-nomc tsplit simple"}
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   for k in $TEST_KERNELS; do
     say "== gpu tests (DISTMLA_DECODE_KERNEL=$k)"
-    run_tests "$OUT/gpu_tests_$k.log" 60 DISTMLA_DECODE_KERNEL=$k
+    mc=1; [ "$k" = dsplit-nomc ] && mc=0
+    run_tests "$OUT/gpu_tests_$k.log" 60 DISTMLA_DECODE_KERNEL=${k%-nomc} DISTMLA_KV_MULTICAST=$mc
     [ "$k" = dsplit ] && grep '^\[case\]' "$OUT/gpu_tests_$k.log" | sed 's/^/  /' | tee -a "$SUM" >/dev/null
   done
 fi
@@ -49,7 +51,7 @@ fi
 # 2. compute-sanitizer on small cases.
 if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   say "== compute-sanitizer"
-  F='GpuDecode.Basic:GpuDecode.OddHeads*:GpuDecode.Sq4Page128*:GpuDecode.AllZeroLengths:GpuDecode.Batch128Short'
+  F='GpuDecode.Basic:GpuDecode.OddHeads*:GpuDecode.Sq4Page128*:GpuDecode.AllZeroLengths:GpuDecode.Batch128Short:GpuDecode.Heads128Page16*'
   for tool in memcheck racecheck; do
     DISTMLA_DECODE_KERNEL=${CHECK_KERNEL:-dsplit} timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$T" --gtest_color=no --gtest_filter="$F" \
       >>"$OUT/sanitizer.log" 2>&1

@@ -120,6 +120,9 @@ struct Params {
   int batch, s_q, h_q, rows, page_size, num_blocks, max_blocks_per_seq;
   int causal, out_fp32, num_parts;
   float scale_log2;  // scale * log2(e)
+  // 1: the CTAs of row tiles 2k and 2k + 1 of a part form a cluster and each loads half of every
+  // KV block into both (TMA multicast): half the L2-to-SM traffic (decode_producers.cuh).
+  int kv_multicast;
   // Output head slices (kernels::OutSlices; one slice of h_q heads is the plain layout).
   int num_slices, max_slice, slice_base, slice_rem;  // base = h_q / num_slices, rem = h_q % num_slices
   size_t out_slice_stride, lse_slice_stride;        // elements

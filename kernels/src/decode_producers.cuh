@@ -35,7 +35,14 @@ __device__ __forceinline__ int kv_chunk_order(int j) { return j == 8 ? 8 : (j % 
 // 72 KB block (with two stages the load of block n + 2 starts only when block n is done; run 31).
 // Only pages that hold a token below the length are read (pages of 16 or 32 tokens are several
 // boxes a block); rows past the length keep stale data.
-template <bool kDSplit>
+// With p.kv_multicast the CTA and its cluster peer (the part's other row tile: the same blocks in
+// the same order) each load every other chunk into both CTAs, so L2 sends each block once instead
+// of twice. Each arms its own chunk barriers for the whole block. A stage is refilled once it is
+// free in both CTAs: each producer, having found it free here (empty, o_free), tells the peer's
+// (peer_free: the barrier kStages after o_free, one arrival) and waits for the peer's word. Every such arrival is awaited
+// by a refill of the peer, so no CTA exits with an arrival on its way to it, and each CTA's
+// consumers wait for every byte written into it.
+template <bool kDSplit, bool kMulticast>
 __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Params& p, uint32_t sKV0, uint32_t bar0,
                                             uint32_t empty0, uint32_t o_free0, int part, int seq_begin,
                                             int seq_end) {
@@ -43,6 +50,7 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
   const int W = m.hdr[0];
   const int R = p.page_size < kBlockN ? p.page_size : kBlockN;
   const int pieces = kBlockN / R;
+  // (one instantiation each way: this thread has 40 registers, and either path alone fits)
   uint32_t produced = 0;
   uint32_t held = 0, freed = 0;  // bit s: stage s holds a staged O tile / parity of its o_free waits
   for (int i = seq_begin; i < seq_end; ++i) {
@@ -51,14 +59,19 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
     const int L = m.seq_len[i];
     const bool staged = staged_epilogue<kDSplit>(p, a, e);
     for (int n = a; n < e; ++n) {
-      if (produced >= kStages) mbar_wait(empty0 + 8 * (produced % kStages), ((produced / kStages) - 1) & 1);
       const int stage = produced % kStages;
+      if (produced >= kStages) mbar_wait(empty0 + 8 * stage, ((produced / kStages) - 1) & 1);
       if (held >> stage & 1) {
         mbar_wait(o_free0 + 8 * stage, freed >> stage & 1);
         freed ^= 1u << stage;
         held &= ~(1u << stage);
       }
       if (staged && n == e - 1) held |= 1u << stage;
+      if (kMulticast && produced >= kStages) {
+        const uint32_t peer_free = o_free0 + 8 * (kStages + stage);
+        mbar_arrive_peer(peer_free, cluster_ctarank() ^ 1);
+        mbar_wait_cluster(peer_free, ((produced / kStages) - 1) & 1);
+      }
       DMLA_TRACE(produced < 48, kTrIssue + produced);
       const uint32_t dst = sKV0 + stage * kTileBytes, full = stage_full_bars(bar0, stage);
       // The block's pieces (R tokens of a page) below the length; a barrier a chunk, chunks in the
@@ -72,11 +85,16 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
 #pragma unroll 1
         for (int j = 0; j < kChunks; ++j) {
           const int c = kv_chunk_order(j);
-          // With one row tile each KV block has one reader, and L2 may evict it first: 2-5%
-          // faster with up to 32 rows (short rows most). Measured, not derived (run 46): at 64
-          // rows it cost 1%, and 1.5-4.5% with two or more tiles (the later ones read from L2).
-          tma_load_2d(dst + c * kChunkBytes + k * R * 128, &kv_map, full + 8 * c, c * 64, row,
-                      gridDim.y == 1 && p.rows <= 32);
+          const uint32_t to = dst + c * kChunkBytes + k * R * 128;
+          if constexpr (kMulticast) {
+            // the even positions of the chunk order from rank 0, the odd ones from rank 1
+            if ((j & 1) == static_cast<int>(cluster_ctarank())) tma_load_2d_multicast(to, &kv_map, full + 8 * c, c * 64, row, 3);
+          } else {
+            // With one row tile each KV block has one reader, and L2 may evict it first: 2-5%
+            // faster with up to 32 rows (short rows most). Measured, not derived (run 46): at 64
+            // rows it cost 1%, and 1.5-4.5% with two or more tiles (the later ones read from L2).
+            tma_load_2d(to, &kv_map, full + 8 * c, c * 64, row, gridDim.y == 1 && p.rows <= 32);
+          }
         }
       }
       ++produced;

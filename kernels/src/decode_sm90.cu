@@ -17,7 +17,8 @@
 //                     step ahead on full/empty mbarriers; 16-bit out and partials staged in
 //                     smem and copied out by a store warp), Q K^T split by the 576 dims
 //                     between the consumers (m64n64 products, partial S through smem), P
-//                     through smem;
+//                     through smem; with an even number of row tiles, tiles 2k and 2k + 1 of
+//                     a part form a 2-CTA cluster and share each KV block by TMA multicast;
 //   tsplit (v3): the same with Q K^T split by tokens (m64n32 products), out from registers;
 //   simple: CUDA cores, one warp per row (debug reference for schedule/combine).
 //
@@ -74,8 +75,9 @@ EncodeTiledFn get_encode_fn() {
 // back to back), v5, v7 and v9 "seesaw" (blocks alternating between the warpgroups; v7 in 7fc89c7,
 // v9 after FlashMLA's schedule in dfcd493),
 // v8 "small" (transposed products for <= 32 query rows; fab1846), b32 (32-token blocks in four
-// stages with Q K^T(n + 1) before softmax(n); ea4124f, run 40), a 2-CTA cluster with TMA
-// multicast, and a plain cluster launch of a part's row tiles (run 14).
+// stages with Q K^T(n + 1) before softmax(n); ea4124f, run 40), v3 in a 2-CTA cluster with TMA
+// multicast and whole-stage barriers (run 8; v6's per-chunk version is kept: run 49), and a plain
+// cluster launch of a part's row tiles (run 14).
 enum class KernelKind { kDSplit, kTSplit, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
@@ -157,19 +159,68 @@ void trace_after_launch(cudaStream_t stream) {
 }
 #endif
 
+// A launch that may start before its predecessor ends (the kernel waits in griddepcontrol.wait),
+// in clusters of cluster_y CTAs along y when cluster_y > 1.
 template <typename Kernel, typename... Args>
-cudaError_t launch_pdl(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+cudaError_t launch_pdl_clusters(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, int cluster_y,
+                                Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = 1;
+  attr[1].val.clusterDim.y = cluster_y;
+  attr[1].val.clusterDim.z = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = cluster_y > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+template <typename Kernel, typename... Args>
+cudaError_t launch_pdl(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+  return launch_pdl_clusters(kernel, grid, block, smem, stream, 1, args...);
+}
+
+// KV multicast in 2-CTA clusters (Params::kv_multicast) for an even number of row tiles: 2-5%
+// faster at h_q 128 (run 49), by the clock that half the L2 traffic buys. Only if the device holds
+// every cluster of the grid at once (a second wave would double the time; the count is cached
+// per device, it does not depend on the grid). DISTMLA_KV_MULTICAST=0 turns it off.
+template <typename Kernel>
+bool use_kv_multicast(Kernel kernel, dim3 grid) {
+  static const bool on = [] {
+    const char* e = std::getenv("DISTMLA_KV_MULTICAST");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  if (!on || grid.y % 2 != 0) return false;
+  static std::mutex mu;
+  static int max_clusters[64] = {};  // 0: not queried yet, -1: none
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  std::lock_guard<std::mutex> lock(mu);
+  if (max_clusters[dev] == 0) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(kThreadsV3);
+    cfg.dynamicSmemBytes = kSmemBytes;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 2;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess || n <= 0) {
+      (void)cudaGetLastError();
+      n = -1;
+    }
+    max_clusters[dev] = n;
+  }
+  return max_clusters[dev] > 0 && static_cast<unsigned>(max_clusters[dev]) * 2 >= grid.x * grid.y;
 }
 
 // The split combine with kQ warps a row: grid (batch, ceil(rows * kQ / 8)) of 8-warp CTAs; the
@@ -259,7 +310,9 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
     auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
-    err = launch_pdl(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream, map, q_map, p);
+    p.kv_multicast = use_kv_multicast(kernel, grid) ? 1 : 0;
+    err = launch_pdl_clusters(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream,
+                              p.kv_multicast ? 2 : 1, map, q_map, p);
 #if DISTMLA_DECODE_TRACE
     if (err == cudaSuccess) trace_after_launch(stream);
 #endif

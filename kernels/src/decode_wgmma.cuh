@@ -108,7 +108,7 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
 // ---------------------------------------------------------------------------------------------
 constexpr int kPBytes = kBlockM * kBlockN * 2;  // 8 KB
 constexpr int kBarrierBytes = 256;  // the mbarriers below, 8 bytes each
-static_assert((kStages * kChunks + kStages + 2 + 2 * kStages) * 8 <= kBarrierBytes, "the kernel's mbarriers fit");
+static_assert((kStages * kChunks + kStages + 2 + 3 * kStages) * 8 <= kBarrierBytes, "the kernel's mbarriers fit");
 constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + kBarrierBytes + 512 /*max*/ +
                            512 /*sum*/ + 1024 /*align*/;
 constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one active thread)
@@ -152,6 +152,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const uint32_t q_full = empty0 + 8 * kStages, q_empty = q_full + 8;  // the Q tile's, likewise
   // per stage: the consumers' staged O tile is in it / has left it (stage_rows_16bit, o_store_warp)
   const uint32_t o_full0 = q_empty + 8, o_free0 = o_full0 + 8 * kStages;
+  // KV multicast (kv_producer): per stage, the cluster peer's producer found it free
+  const uint32_t peer_free0 = o_free0 + 8 * kStages;  // (kv_producer derives it from o_free0)
   DMLA_TRACE_NS(tid == 0, kTrEntryNs);
   DMLA_TRACE_COMBINE_RESET(tid == 0 && blockIdx.x == 0 && blockIdx.y == 0);
   DMLA_TRACE(tid == 0, kTrEntry);
@@ -163,10 +165,13 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     mbar_init(q_empty, kThreads / 32);
     for (int s = 0; s < kStages; ++s) mbar_init(o_full0 + 8 * s, kThreads / 32);
     for (int s = 0; s < kStages; ++s) mbar_init(o_free0 + 8 * s, 32);
+    for (int s = 0; s < kStages; ++s) mbar_init(peer_free0 + 8 * s, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     fence_proxy_async();
   }
   __syncthreads();
+  // KV multicast: the peer's barriers exist before either CTA arrives on them or writes into it.
+  if (p.kv_multicast) cluster_sync();
 
   pdl_wait();
   pdl_launch_dependents();
@@ -183,7 +188,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     // producer warpgroup: gives registers back; the KV thread runs ahead of the consumers by
     // kStages blocks, the Q thread by one sequence, off their critical path
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (tid == kThreads) kv_producer<kDSplit>(kv_map, p, sKV0, bar0, empty0, o_free0, part, seq_begin, seq_end);
+    if (tid == kThreads) {
+      if (p.kv_multicast) kv_producer<kDSplit, true>(kv_map, p, sKV0, bar0, empty0, o_free0, part, seq_begin, seq_end);
+      else kv_producer<kDSplit, false>(kv_map, p, sKV0, bar0, empty0, o_free0, part, seq_begin, seq_end);
+    }
     if (tid == kThreads + 32) q_producer(q_map, sQ, q_full, q_empty, tile, seq_begin, seq_end);
     if (kDSplit && tid / 32 == kThreads / 32 + 2)
       o_store_warp<kDSplit>(p, sKV0, o_full0, o_free0, part, seq_begin, seq_end, lane);

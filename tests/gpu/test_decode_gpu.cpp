@@ -187,6 +187,11 @@ TEST(GpuDecode, Heads128Batch64) {
   SKIP_WITHOUT_SM90();
   run_case({64, 1, 128, 64, 140});
 }
+// Two row tiles share each KV block by TMA multicast; pages of 16 tokens make each chunk 4 loads.
+TEST(GpuDecode, Heads128Page16Varlen) {
+  SKIP_WITHOUT_SM90();
+  run_case({6, 1, 128, 16, 300, true, 0.2});
+}
 TEST(GpuDecode, Heads128Sq4EightRowTiles) {
   SKIP_WITHOUT_SM90();
   run_case({6, 4, 128, 64, 140, true, 0.2});
