@@ -24,6 +24,9 @@ __device__ __forceinline__ int kv_piece_row(const Params& p, int i, int tok0) {
 // Stage s's full barriers, one a chunk: chunk c's is stage_full_bars(bar0, s) + 8 c.
 __device__ __forceinline__ uint32_t stage_full_bars(uint32_t bar0, int stage) { return bar0 + 8 * kChunks * stage; }
 
+// Stage s's "the cluster peer found it free" barrier (KV multicast), kStages after the o_free ones.
+__device__ __forceinline__ uint32_t stage_peer_free(uint32_t o_free0, int stage) { return o_free0 + 8 * (kStages + stage); }
+
 // v6's Q K^T reads chunks 0-4 in warpgroup 0 and 4-8 in warpgroup 1, so the loads alternate
 // between the two halves: each warpgroup's first product waits for one chunk, not for the block.
 __device__ __forceinline__ int kv_chunk_order(int j) { return j == 8 ? 8 : (j % 2 == 0 ? j / 2 : 4 + j / 2); }
@@ -38,10 +41,10 @@ __device__ __forceinline__ int kv_chunk_order(int j) { return j == 8 ? 8 : (j % 
 // With p.kv_multicast the CTA and its cluster peer (the part's other row tile: the same blocks in
 // the same order) each load every other chunk into both CTAs, so L2 sends each block once instead
 // of twice. Each arms its own chunk barriers for the whole block. A stage is refilled once it is
-// free in both CTAs: each producer, having found it free here (empty, o_free), tells the peer's
-// (peer_free: the barrier kStages after o_free, one arrival) and waits for the peer's word. Every such arrival is awaited
-// by a refill of the peer, so no CTA exits with an arrival on its way to it, and each CTA's
-// consumers wait for every byte written into it.
+// free in both CTAs: each producer, having found it free here (empty, o_free), arrives on the
+// peer's stage_peer_free barrier and waits on its own. Every such arrival is awaited by a refill
+// of the peer, so no CTA exits with an arrival on its way to it, and each CTA's consumers wait
+// for every byte written into it.
 template <bool kDSplit, bool kMulticast>
 __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Params& p, uint32_t sKV0, uint32_t bar0,
                                             uint32_t empty0, uint32_t o_free0, int part, int seq_begin,
@@ -68,7 +71,7 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
       }
       if (staged && n == e - 1) held |= 1u << stage;
       if (kMulticast && produced >= kStages) {
-        const uint32_t peer_free = o_free0 + 8 * (kStages + stage);
+        const uint32_t peer_free = stage_peer_free(o_free0, stage);
         mbar_arrive_peer(peer_free, cluster_ctarank() ^ 1);
         mbar_wait_cluster(peer_free, ((produced / kStages) - 1) & 1);
       }

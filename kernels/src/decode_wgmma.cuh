@@ -152,8 +152,6 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const uint32_t q_full = empty0 + 8 * kStages, q_empty = q_full + 8;  // the Q tile's, likewise
   // per stage: the consumers' staged O tile is in it / has left it (stage_rows_16bit, o_store_warp)
   const uint32_t o_full0 = q_empty + 8, o_free0 = o_full0 + 8 * kStages;
-  // KV multicast (kv_producer): per stage, the cluster peer's producer found it free
-  const uint32_t peer_free0 = o_free0 + 8 * kStages;  // (kv_producer derives it from o_free0)
   DMLA_TRACE_NS(tid == 0, kTrEntryNs);
   DMLA_TRACE_COMBINE_RESET(tid == 0 && blockIdx.x == 0 && blockIdx.y == 0);
   DMLA_TRACE(tid == 0, kTrEntry);
@@ -165,7 +163,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     mbar_init(q_empty, kThreads / 32);
     for (int s = 0; s < kStages; ++s) mbar_init(o_full0 + 8 * s, kThreads / 32);
     for (int s = 0; s < kStages; ++s) mbar_init(o_free0 + 8 * s, 32);
-    for (int s = 0; s < kStages; ++s) mbar_init(peer_free0 + 8 * s, 1);
+    for (int s = 0; s < kStages; ++s) mbar_init(stage_peer_free(o_free0, s), 1);  // KV multicast
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     fence_proxy_async();
   }
