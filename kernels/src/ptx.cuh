@@ -26,14 +26,15 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                : "memory");
 }
+// Spins until the phase of the given parity completed; sem: "" (acquire at CTA scope, the
+// default) or ".acquire.cluster" (for arrivals of another CTA's threads).
+#define DMLA_MBAR_WAIT_LOOP(sem)                                                   \
+  "{\n.reg .pred done;\n"                                                          \
+  "WAIT_%=:\n"                                                                     \
+  "mbarrier.try_wait.parity" sem ".shared::cta.b64 done, [%0], %1;\n"              \
+  "@!done bra WAIT_%=;\n}\n"
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
+  asm volatile(DMLA_MBAR_WAIT_LOOP("") ::"r"(bar), "r"(parity) : "memory");
 }
 // evict_first: data read once, which L2 may evict first (createpolicy evict_first).
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
@@ -76,13 +77,7 @@ __device__ __forceinline__ void mbar_arrive_peer(uint32_t bar, uint32_t peer) {
       : "memory");
 }
 __device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
+  asm volatile(DMLA_MBAR_WAIT_LOOP(".acquire.cluster") ::"r"(bar), "r"(parity) : "memory");
 }
 __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0,
                                                       int c1, uint16_t mask) {
