@@ -299,6 +299,38 @@ TEST(GpuDecode, GraphReplayAndReuseSchedule) {
   cudaStreamDestroy(s);
 }
 
+// A serving stack may capture its very first decode step (global capture mode): the library's
+// one-time device setup (smem limits, the cluster-occupancy query of the KV multicast) must work
+// inside a capture. Two row tiles, so the multicast path is taken; the replay matches the reference.
+TEST(GpuDecode, FirstCallInsideGlobalCapture) {
+  SKIP_WITHOUT_SM90();
+  Case c{4, 1, 128, 64, 300, true, 0.0};
+  Device d(make(c), c.dtype);
+  distmla::DecodePlan plan(d.w.shape, dmlaBackendCuda);
+  DevBuf<uint8_t> ws(plan.workspace_bytes());
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  d.poison(s);
+  plan.run(d.tensors(), ws.p, ws.n, s);
+  CK(cudaStreamEndCapture(s, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  CK(cudaGraphLaunch(ge, s));
+  CK(cudaStreamSynchronize(s));
+  std::vector<uint8_t> out;
+  std::vector<float> lse;
+  d.fetch(&out, &lse);
+  std::vector<double> ref, lse_ref;
+  distmla::reference_decode(d.w.shape, d.w.host_tensors(), &ref, &lse_ref, 0);
+  auto r = distmla::compare_with_reference(d.w.shape, out.data(), d.w.shape.out_dtype, lse.data(), ref, lse_ref);
+  EXPECT_TRUE(r.ok()) << "rel_err " << r.rel_err << " wrong " << r.wrong;
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(s);
+}
+
 // Reuse across "layers": same seqlens, different q (second workload seed), schedule reused.
 TEST(GpuDecode, ReuseScheduleAcrossLayers) {
   SKIP_WITHOUT_SM90();
