@@ -3,6 +3,8 @@
 # multi-rank tests, then distmla_decode over TP x CP layouts; logs under $OUT. Run from the repository root with the
 # build in build-dist (build-dist/rt may hold carried runtime libraries: cudart, Open MPI).
 # Uses mpirun when the machine has it, else N processes bootstrapped through the TCP store.
+# LIB_FIRST=<folder holding another libdistmla.so.0> runs everything on that library (an A/B of
+# a kernel branch on the same binaries).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/distmla_gpu_run}
@@ -13,7 +15,7 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
   [ -e "$d/libnccl.so.2" ] && NCCL_DIR=$d && break
 done
 [ -z "$NCCL_DIR" ] && NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '*/proc/*' 2>/dev/null | head -1)" 2>/dev/null)
-export LD_LIBRARY_PATH="$PWD/$B/lib:$PWD/$B/distributed:${LD_LIBRARY_PATH:-}:$NCCL_DIR:/usr/local/cuda/lib64:$PWD/$B/rt"
+export LD_LIBRARY_PATH="${LIB_FIRST:+$PWD/$LIB_FIRST:}$PWD/$B/lib:$PWD/$B/distributed:${LD_LIBRARY_PATH:-}:$NCCL_DIR:/usr/local/cuda/lib64:$PWD/$B/rt"
 G=$OUT/gpu.log
 { date -u; nvidia-smi -L; nvidia-smi topo -m; echo "nccl from: $NCCL_DIR"; which mpirun; } > "$G" 2>&1
 ldd $B/examples/decode/distmla_decode | grep -E "not found|nccl|cudart|mpi" >> "$G" 2>&1
