@@ -16,7 +16,7 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
 done
 [ -z "$NCCL_DIR" ] && NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '*/proc/*' 2>/dev/null | head -1)" 2>/dev/null)
 export LD_LIBRARY_PATH="${LIB_FIRST:+$PWD/$LIB_FIRST:}$PWD/$B/lib:$PWD/$B/distributed:${LD_LIBRARY_PATH:-}:$NCCL_DIR:/usr/local/cuda/lib64:$PWD/$B/rt"
-G=$OUT/gpu.log
+G=$OUT/gpu.log  # the summary (GRAPH below holds the -G flag)
 { date -u; nvidia-smi -L; nvidia-smi topo -m; echo "nccl from: $NCCL_DIR"; which mpirun; } > "$G" 2>&1
 ldd $B/examples/decode/distmla_decode | grep -E "not found|nccl|cudart|mpi" >> "$G" 2>&1
 # device cross-rank combine and pack against their host twins (one GPU)
@@ -68,10 +68,10 @@ ROWS=${ROWS:-all}
 # their own replays, at the power cap (a busy server; -W 0: in the state the eager steps left,
 # which differs between a one-GPU call and a CP step twice as short). Rows without -P use the
 # default (-P auto: the peer exchange).
-G="-G 30"
+GRAPH="-G 30"
 for rw in "0 1000" "1 1000" "1 0"; do
   r=${rw% *}
-  GW="$G -W ${rw#* }"
+  GW="$GRAPH -W ${rw#* }"
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
     run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r $GW  # its 'graph us' is what the CP graph step compares with
     run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GW -P 0
@@ -84,10 +84,10 @@ if [ "$ROWS" != core ]; then
   run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2 -P 1
   run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2 -P 0
   run timeout 60 $D -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
-  for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k $k $G; done
-  run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k 1 $G
+  for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k $k $GRAPH; done
+  run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k 1 $GRAPH
   run timeout 60 $D -b 64 -s 32768 -H 16 --varlen 0 -n 30 -w 3 -c 0
-  for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 64 -s 32768 -H 16 --varlen 0 -n 30 -w 3 -c 0 -k $k $G; done
+  for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 64 -s 32768 -H 16 --varlen 0 -n 30 -w 3 -c 0 -k $k $GRAPH; done
 fi
 if [ "$ROWS" = all ]; then
   # correctness + timing at a checkable size (CPU double reference on every rank)
