@@ -19,7 +19,8 @@ namespace distmla::kernels::detail {
 // lane made the kernel issue-bound, 12 us at b 16 h_q 128). The first group's o loads are issued
 // before the lse pass, so both round trips overlap; kGroup splits' loads are in flight together
 // (kVec vectors of four a lane each). kQ = 1 suits many sequences of a few splits, kQ = 4 a few
-// sequences of many (one sequence over 66 parts). Launched with programmatic dependent launch.
+// sequences of many (one sequence over 66 parts), kQ = 2 more such sequences than kQ = 4 fits
+// in one wave (decode_sm90.cu). Launched with programmatic dependent launch.
 // ---------------------------------------------------------------------------------------------
 // Four partial values as loaded (fp32, or 16-bit Elem bits), and as floats. The loads only fill
 // registers and the conversion comes at the use: a conversion right after each (conditional)
@@ -39,7 +40,9 @@ __device__ __forceinline__ float4 to_float4(const uint2& v) {
 template <typename Elem, int kQ, typename Part>
 __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
   constexpr int kVec = 4 / kQ;    // vectors of four values a lane
-  constexpr int kGroup = 4 * kQ;  // splits whose o loads are in flight together (divides 32)
+  // splits whose o loads are in flight together (divides 32); kQ 2: 4, which keeps it at 52
+  // registers (4 CTAs an SM; 8 took 78)
+  constexpr int kGroup = kQ == 2 ? 4 : 4 * kQ;
   using V = PartVec<Part>;
   pdl_wait();
   DMLA_TRACE_COMBINE(threadIdx.x == 0, false);

@@ -124,6 +124,7 @@ cudaError_t device_setup(int* smem_per_sm) {
   }
   const int combine_max = combine_spread_smem(1, 1, *smem_per_sm);
   for (auto kernel : {combine_kernel<Elem, 1, float>, combine_kernel<Elem, 1, uint16_t>,
+                      combine_kernel<Elem, 2, float>, combine_kernel<Elem, 2, uint16_t>,
                       combine_kernel<Elem, 4, float>, combine_kernel<Elem, 4, uint16_t>}) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, combine_max);
     if (err != cudaSuccess) return err;
@@ -319,9 +320,13 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   }
   if (err != cudaSuccess) return err;
   // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,
-  // run 23: one sequence over 66 parts 8% faster; many short splits are faster with 1)
-  return w.num_parts >= 4 * s.batch ? launch_combine<Elem, 4>(s.batch, rows, s.num_sms, smem_per_sm, stream, p)
-                                    : launch_combine<Elem, 1>(s.batch, rows, s.num_sms, smem_per_sm, stream, p);
+  // run 23: one sequence over 66 parts 8% faster; many short splits are faster with 1), or 2
+  // when 4 would not fit the SMs in one wave of 4 CTAs each (its 64 registers a thread; run 52:
+  // b 16 h_q 128 ran 1024 CTAs of the combine in two waves, 9 us).
+  if (w.num_parts < 4 * s.batch) return launch_combine<Elem, 1>(s.batch, rows, s.num_sms, smem_per_sm, stream, p);
+  const long long ctas4 = static_cast<long long>(s.batch) * ((rows * 4 + 7) / 8);
+  return ctas4 <= 4LL * std::max(s.num_sms, 1) ? launch_combine<Elem, 4>(s.batch, rows, s.num_sms, smem_per_sm, stream, p)
+                                                : launch_combine<Elem, 2>(s.batch, rows, s.num_sms, smem_per_sm, stream, p);
 }
 
 }  // namespace

@@ -206,6 +206,11 @@ TEST(GpuDecode, Batch64Sq2Len4096Heads64Fp32Out) {
   c.out_fp32 = true;
   run_case(c);
 }
+// 16 sequences over 66 parts at h_q 128: the combine takes 2 warps a row (4 would not fit one wave).
+TEST(GpuDecode, Batch16Heads128SplitsTwoWarpsARow) {
+  SKIP_WITHOUT_SM90();
+  run_case({16, 1, 128, 64, 2048, false});
+}
 TEST(GpuDecode, LongContextManySplits) {
   SKIP_WITHOUT_SM90();
   run_case({2, 1, 63, 64, 65536, false});
