@@ -128,33 +128,46 @@ distmla::Workload make(const Case& c) {
   return distmla::make_workload(o);
 }
 
-// Runs one case through the CUDA backend and checks it against the reference.
-void run_case(const Case& c) {
-  SCOPED_TRACE(describe(c));
-  Device d(make(c), c.out_fp32 ? dmlaFP32 : c.dtype);
-  const dmlaDecodeShape_t shape = d.w.shape;
-  distmla::DecodePlan plan(shape, dmlaBackendCuda);
-  ASSERT_EQ(plan.backend(), dmlaBackendCuda);
-  DevBuf<uint8_t> ws(plan.workspace_bytes());
-  cudaStream_t s;
-  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  d.poison(s);
-  plan.run(d.tensors(), ws.p, ws.n, s);
-  CK(cudaStreamSynchronize(s));
-  CK(cudaGetLastError());
+// A case on the GPU: its device buffers, a CUDA plan, the workspace and a stream.
+struct CaseRun {
+  Device d;
+  distmla::DecodePlan plan;
+  DevBuf<uint8_t> ws;
+  cudaStream_t s = nullptr;
+  CaseRun(const Case& c, dmlaDataType_t out_dtype)
+      : d(make(c), out_dtype), plan(d.w.shape, dmlaBackendCuda), ws(plan.workspace_bytes()) {
+    const cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    EXPECT_EQ(e, cudaSuccess) << "cudaStreamCreateWithFlags: " << cudaGetErrorString(e);
+  }
+  ~CaseRun() { cudaStreamDestroy(s); }
+  void run(unsigned flags = 0) { plan.run(d.tensors(), ws.p, ws.n, s, flags); }
+};
+
+// What d's out / lse now hold against the double reference of its workload.
+distmla::CompareResult compare_device(Device& d) {
   std::vector<uint8_t> out;
   std::vector<float> lse;
   d.fetch(&out, &lse);
   std::vector<double> ref, lse_ref;
-  distmla::reference_decode(shape, d.w.host_tensors(), &ref, &lse_ref, 0);
-  distmla::CompareResult r =
-      distmla::compare_with_reference(shape, out.data(), shape.out_dtype, lse.data(), ref, lse_ref);
+  distmla::reference_decode(d.w.shape, d.w.host_tensors(), &ref, &lse_ref, 0);
+  return distmla::compare_with_reference(d.w.shape, out.data(), d.w.shape.out_dtype, lse.data(), ref, lse_ref);
+}
+
+// Runs one case through the CUDA backend and checks it against the reference.
+void run_case(const Case& c) {
+  SCOPED_TRACE(describe(c));
+  CaseRun t(c, c.out_fp32 ? dmlaFP32 : c.dtype);
+  ASSERT_EQ(t.plan.backend(), dmlaBackendCuda);
+  t.d.poison(t.s);
+  t.run();
+  CK(cudaStreamSynchronize(t.s));
+  CK(cudaGetLastError());
+  const distmla::CompareResult r = compare_device(t.d);
   std::printf("[case] %s: rel_err=%.3e max_lse_err=%.3e wrong=%lld\n", describe(c).c_str(), r.rel_err,
               r.max_lse_err, static_cast<long long>(r.wrong));
   EXPECT_EQ(r.wrong, 0);
   EXPECT_LT(r.rel_err, 1e-2);
   EXPECT_LE(r.max_lse_err, 1e-3);
-  cudaStreamDestroy(s);
 }
 
 TEST(GpuDecode, Basic) {
@@ -258,27 +271,21 @@ TEST(GpuDecode, UniformBatchOneTileWholeSequenceParts) {
 // Graph capture + replay, and reuse_schedule, give the same bits as a direct run.
 TEST(GpuDecode, GraphReplayAndReuseSchedule) {
   SKIP_WITHOUT_SM90();
-  Case c{6, 2, 64, 32, 2000, true, 0.2};
-  Device d(make(c), c.dtype);
-  const dmlaDecodeShape_t shape = d.w.shape;
-  distmla::DecodePlan plan(shape, dmlaBackendCuda);
-  DevBuf<uint8_t> ws(plan.workspace_bytes());
-  cudaStream_t s;
-  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CaseRun t(Case{6, 2, 64, 32, 2000, true, 0.2}, dmlaBF16);
+  Device& d = t.d;
+  const cudaStream_t s = t.s;
   d.poison(s);
-  plan.run(d.tensors(), ws.p, ws.n, s);
+  t.run();
   CK(cudaStreamSynchronize(s));
   std::vector<uint8_t> out0, out1, out2;
   std::vector<float> lse0, lse1, lse2;
   d.fetch(&out0, &lse0);
-  std::vector<double> ref, lse_ref;
-  distmla::reference_decode(shape, d.w.host_tensors(), &ref, &lse_ref, 0);
-  auto r = distmla::compare_with_reference(shape, out0.data(), shape.out_dtype, lse0.data(), ref, lse_ref);
+  const distmla::CompareResult r = compare_device(d);
   EXPECT_TRUE(r.ok()) << "rel_err " << r.rel_err << " wrong " << r.wrong;
 
   // reuse the schedule left in the workspace
   d.poison(s);
-  plan.run(d.tensors(), ws.p, ws.n, s, DMLA_RUN_REUSE_SCHEDULE);
+  t.run(DMLA_RUN_REUSE_SCHEDULE);
   CK(cudaStreamSynchronize(s));
   d.fetch(&out1, &lse1);
   EXPECT_EQ(0, std::memcmp(out0.data(), out1.data(), out0.size())) << "reuse_schedule changed out";
@@ -289,7 +296,7 @@ TEST(GpuDecode, GraphReplayAndReuseSchedule) {
   cudaGraphExec_t ge;
   CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
   d.poison(s);
-  plan.run(d.tensors(), ws.p, ws.n, s);
+  t.run();
   CK(cudaStreamEndCapture(s, &g));
   CK(cudaGraphInstantiate(&ge, g, 0));
   for (int rep = 0; rep < 2; ++rep) {
@@ -301,7 +308,6 @@ TEST(GpuDecode, GraphReplayAndReuseSchedule) {
   }
   cudaGraphExecDestroy(ge);
   cudaGraphDestroy(g);
-  cudaStreamDestroy(s);
 }
 
 // A serving stack may capture its very first decode step (global capture mode): the library's
@@ -309,58 +315,37 @@ TEST(GpuDecode, GraphReplayAndReuseSchedule) {
 // inside a capture. Two row tiles, so the multicast path is taken; the replay matches the reference.
 TEST(GpuDecode, FirstCallInsideGlobalCapture) {
   SKIP_WITHOUT_SM90();
-  Case c{4, 1, 128, 64, 300, true, 0.0};
-  Device d(make(c), c.dtype);
-  distmla::DecodePlan plan(d.w.shape, dmlaBackendCuda);
-  DevBuf<uint8_t> ws(plan.workspace_bytes());
-  cudaStream_t s;
-  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CaseRun t(Case{4, 1, 128, 64, 300, true, 0.0}, dmlaBF16);
   cudaGraph_t g;
   cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  d.poison(s);
-  plan.run(d.tensors(), ws.p, ws.n, s);
-  CK(cudaStreamEndCapture(s, &g));
+  CK(cudaStreamBeginCapture(t.s, cudaStreamCaptureModeGlobal));
+  t.d.poison(t.s);
+  t.run();
+  CK(cudaStreamEndCapture(t.s, &g));
   CK(cudaGraphInstantiate(&ge, g, 0));
-  CK(cudaGraphLaunch(ge, s));
-  CK(cudaStreamSynchronize(s));
-  std::vector<uint8_t> out;
-  std::vector<float> lse;
-  d.fetch(&out, &lse);
-  std::vector<double> ref, lse_ref;
-  distmla::reference_decode(d.w.shape, d.w.host_tensors(), &ref, &lse_ref, 0);
-  auto r = distmla::compare_with_reference(d.w.shape, out.data(), d.w.shape.out_dtype, lse.data(), ref, lse_ref);
+  CK(cudaGraphLaunch(ge, t.s));
+  CK(cudaStreamSynchronize(t.s));
+  const distmla::CompareResult r = compare_device(t.d);
   EXPECT_TRUE(r.ok()) << "rel_err " << r.rel_err << " wrong " << r.wrong;
   cudaGraphExecDestroy(ge);
   cudaGraphDestroy(g);
-  cudaStreamDestroy(s);
 }
 
 // Reuse across "layers": same seqlens, different q (second workload seed), schedule reused.
 TEST(GpuDecode, ReuseScheduleAcrossLayers) {
   SKIP_WITHOUT_SM90();
-  Case c{8, 1, 128, 64, 3000, true, 0.1};
-  Device d(make(c), c.dtype);
-  distmla::DecodePlan plan(d.w.shape, dmlaBackendCuda);
-  DevBuf<uint8_t> ws(plan.workspace_bytes());
-  cudaStream_t s;
-  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  plan.run(d.tensors(), ws.p, ws.n, s);
+  CaseRun t(Case{8, 1, 128, 64, 3000, true, 0.1}, dmlaBF16);
+  Device& d = t.d;
+  t.run();
   // layer 2: new q (reverse the q rows), reuse schedule
   std::vector<uint16_t> q2(d.w.q.rbegin(), d.w.q.rend());
   d.w.q = q2;
-  CK(cudaMemcpyAsync(d.q.p, d.w.q.data(), d.q.bytes(), cudaMemcpyHostToDevice, s));
-  d.poison(s);
-  plan.run(d.tensors(), ws.p, ws.n, s, DMLA_RUN_REUSE_SCHEDULE);
-  CK(cudaStreamSynchronize(s));
-  std::vector<uint8_t> out;
-  std::vector<float> lse;
-  d.fetch(&out, &lse);
-  std::vector<double> ref, lse_ref;
-  distmla::reference_decode(d.w.shape, d.w.host_tensors(), &ref, &lse_ref, 0);
-  auto r = distmla::compare_with_reference(d.w.shape, out.data(), d.w.shape.out_dtype, lse.data(), ref, lse_ref);
+  CK(cudaMemcpyAsync(d.q.p, d.w.q.data(), d.q.bytes(), cudaMemcpyHostToDevice, t.s));
+  d.poison(t.s);
+  t.run(DMLA_RUN_REUSE_SCHEDULE);
+  CK(cudaStreamSynchronize(t.s));
+  const distmla::CompareResult r = compare_device(d);
   EXPECT_TRUE(r.ok()) << "rel_err " << r.rel_err << " wrong " << r.wrong;
-  cudaStreamDestroy(s);
 }
 
 // Head-sliced output (the distributed all-to-all send layout): the same bits as the plain run,
