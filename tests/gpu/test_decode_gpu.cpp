@@ -224,6 +224,12 @@ TEST(GpuDecode, Batch16Heads128SplitsTwoWarpsARow) {
   SKIP_WITHOUT_SM90();
   run_case({16, 1, 128, 64, 2048, false});
 }
+TEST(GpuDecode, Batch16Heads128SplitsTwoWarpsARowFp32Out) {
+  SKIP_WITHOUT_SM90();
+  Case c{16, 1, 128, 64, 2048, false};
+  c.out_fp32 = true;
+  run_case(c);
+}
 TEST(GpuDecode, LongContextManySplits) {
   SKIP_WITHOUT_SM90();
   run_case({2, 1, 63, 64, 65536, false});
