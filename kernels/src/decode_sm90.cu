@@ -160,6 +160,16 @@ void trace_after_launch(cudaStream_t stream) {
 }
 #endif
 
+// Clusters of y CTAs along the grid's y (a part's row tiles).
+cudaLaunchAttribute cluster_y_attr(int y) {
+  cudaLaunchAttribute a{};
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = 1;
+  a.val.clusterDim.y = y;
+  a.val.clusterDim.z = 1;
+  return a;
+}
+
 // A launch that may start before its predecessor ends (the kernel waits in griddepcontrol.wait),
 // in clusters of cluster_y CTAs along y when cluster_y > 1.
 template <typename Kernel, typename... Args>
@@ -173,10 +183,7 @@ cudaError_t launch_pdl_clusters(Kernel kernel, dim3 grid, dim3 block, size_t sme
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
-  attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = 1;
-  attr[1].val.clusterDim.y = cluster_y;
-  attr[1].val.clusterDim.z = 1;
+  attr[1] = cluster_y_attr(cluster_y);
   cfg.attrs = attr;
   cfg.numAttrs = cluster_y > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kernel, args...);
@@ -207,12 +214,8 @@ bool use_kv_multicast(Kernel kernel, dim3 grid) {
     cfg.gridDim = grid;
     cfg.blockDim = dim3(kThreadsV3);
     cfg.dynamicSmemBytes = kSmemBytes;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 2;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
+    cudaLaunchAttribute attr = cluster_y_attr(2);
+    cfg.attrs = &attr;
     cfg.numAttrs = 1;
     int n = 0;
     if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess || n <= 0) {

@@ -59,7 +59,7 @@ run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just 
   echo "## rc=$?" >> "$LOG"
 }
 # ROWS=core: only the loop below (the issue-4 rows, -P 0 and -P 1, -r 0 and 1, -W 1000 and 0; ~4 min);
-# ROWS=target: those plus sub-batches and the all-gather (~4 min); default: all rows.
+# ROWS=target: those plus sub-batches and the all-gather (~5.5 min); default: all rows.
 ROWS=${ROWS:-all}
 # issue-4 target rows: one GPU vs CP 2, same run; -k sub-batches (exchange overlapped with the
 # next slice's attention); -G: graph-replayed step, exchange + merge alone and a bare NCCL
