@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "check.h"
@@ -15,6 +16,16 @@
 namespace distmla::dist {
 
 namespace {
+
+// DISTMLA_PULL_MERGE=0 on any rank: exchange, then merge, as without windows (an A/B switch; the
+// ranks agree, so that none waits in a window's collective set-up alone).
+bool pull_wanted(Communicator& cp) {
+  const char* e = std::getenv("DISTMLA_PULL_MERGE");
+  const uint8_t mine = !(e != nullptr && std::string(e) == "0");
+  uint8_t all = 0;
+  throw_if_error(cp.agree(&mine, &all, 1));
+  return all != 0;
+}
 
 constexpr size_t kAlign = 256;
 inline size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
@@ -153,7 +164,18 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
   const size_t pe = elem_bytes(cfg.partial_dtype);
   m.direct = cfg.cp == 1 && cfg.partial_dtype == cfg.out_dtype;
   m.sliced = m.mode == MergeMode::kAllToAll && !s.split_tail();
-  size_t off = 0;
+  // A slice's exchanged chunk: o [rows, s_q, heads, 512], then lse.
+  auto chunk = [&](const DecoderSlice& sl, int heads, size_t* o_bytes) {
+    const size_t rows = static_cast<size_t>(sl.rows) * cfg.s_q;
+    *o_bytes = align_up(rows * heads * DMLA_D_V * pe);
+    return align_up(*o_bytes + rows * heads * sizeof(float));
+  };
+  if (m.device && cfg.cp > 1 && m.mode == MergeMode::kAllToAll && pull_wanted(*m.cp_comm)) {
+    size_t win = 0, o = 0;
+    for (const DecoderSlice& sl : m.slices) win += chunk(sl, m.max_slice, &o) * cfg.cp;
+    throw_if_error(m.cp_comm->reserve_window(win, &m.win));
+  }
+  size_t off = 0, off_win = 0;
   for (DecoderSlice& sl : m.slices) {
     sl.off_local = off;
     sl.local_ws = align_up(sl.local->workspace_bytes());
@@ -174,8 +196,7 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
       off += 2 * sl.ab_part_bytes;
     }
     if (m.mode == MergeMode::kAllGather) {
-      sl.o_bytes = align_up(rows * m.h_tp * DMLA_D_V * pe);
-      sl.part_bytes = align_up(sl.o_bytes + rows * m.h_tp * sizeof(float));
+      sl.part_bytes = chunk(sl, m.h_tp, &sl.o_bytes);
       sl.off_send = off;
       off += m.direct ? 0 : sl.part_bytes;
       sl.off_recv = off;
@@ -186,8 +207,12 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
         sl.off_stage = off;
         off += align_up(sl.stage_o_bytes + rows * m.h_tp * sizeof(float));
       }
-      sl.o_bytes = align_up(rows * m.max_slice * DMLA_D_V * pe);
-      sl.part_bytes = align_up(sl.o_bytes + rows * m.max_slice * sizeof(float));
+      sl.part_bytes = chunk(sl, m.max_slice, &sl.o_bytes);
+      if (m.pull()) {
+        sl.off_win = off_win;
+        off_win += sl.part_bytes * cfg.cp;
+        continue;
+      }
       sl.off_send = off;
       off += sl.part_bytes * cfg.cp;
       sl.off_recv = off;
@@ -199,7 +224,7 @@ DistDecoder::DistDecoder(Communicator& world, const ShardGroups& groups, const D
     off += align_up(combine_host_scratch_bytes(std::max(cfg.cp, 2)));
   }
   m.total = off;
-  if (m.device && cfg.cp > 1 && m.mode == MergeMode::kAllToAll) {
+  if (m.device && cfg.cp > 1 && m.mode == MergeMode::kAllToAll && !m.pull()) {
     size_t most = 0;  // a peer communicator sets up its mailboxes now, before any capture
     for (const DecoderSlice& sl : m.slices) most = std::max(most, sl.part_bytes);
     throw_if_error(m.cp_comm->reserve(most));
@@ -235,6 +260,7 @@ const ShardPlan& DistDecoder::shard() const { return impl_->shard; }
 MergeMode DistDecoder::mode() const { return impl_->mode; }
 dmlaBackend_t DistDecoder::backend() const { return impl_->backend; }
 size_t DistDecoder::workspace_bytes() const { return impl_->total; }
+bool DistDecoder::pull_merge() const { return impl_->pull(); }
 int DistDecoder::sub_batches() const { return static_cast<int>(impl_->slices.size()); }
 
 size_t DistDecoder::exchange_bytes() const {

@@ -24,6 +24,7 @@ struct DecoderSlice {
   size_t off_ab = 0, ab_o_bytes = 0, ab_part_bytes = 0;  // split_tail: bulk + tail parts
   size_t off_stage = 0, stage_o_bytes = 0;  // all-to-all + split_tail: merged output before the pack
   size_t off_send = 0, off_recv = 0;
+  size_t off_win = 0;     // pull merge: its send chunks in the CP group's window
   size_t o_bytes = 0;     // o block of one exchanged part/chunk
   size_t part_bytes = 0;  // one exchanged part (all-gather) or chunk (all-to-all)
 };
@@ -41,6 +42,9 @@ struct DistDecoder::Impl {
   bool direct = false;   // cp == 1 with out in the partial layout: decode straight into out
   bool sliced = false;   // all-to-all, no split_tail: the local decode writes the send chunks
                          // in head slices (dmlaRunSliced), so there is no pack
+  DeviceWindow win;      // all-to-all where the CP group has one: the send chunks live in the
+                         // window and the combine reads the peers' (no exchange, no receive buffers)
+  bool pull() const { return win.sync.world > 1; }
   bool overlap = false;  // device, several slices: exchange + merge on `side`, event-ordered
   cudaStream_t side = nullptr;
   std::vector<cudaEvent_t> ready;  // slice i's partials are packed (recorded on the caller's stream)

@@ -31,8 +31,15 @@ struct Partial {
   char* o;
   float* lse;
 };
+// The send chunks: in the workspace, or in the CP group's window for the pull merge.
+char* send_chunks(const Impl& m, const DecoderSlice& sl, char* ws) {
+  return m.pull() ? m.win.at[m.cp_comm->rank()] + sl.off_win : ws + sl.off_send;
+}
 Partial partial_of(const Impl& m, const DecoderSlice& sl, char* ws, void* out, float* lse) {
-  if (m.sliced) return {ws + sl.off_send, reinterpret_cast<float*>(ws + sl.off_send + sl.o_bytes)};
+  if (m.sliced) {
+    char* s = send_chunks(m, sl, ws);
+    return {s, reinterpret_cast<float*>(s + sl.o_bytes)};
+  }
   if (m.mode == MergeMode::kAllToAll)
     return {ws + sl.off_stage, reinterpret_cast<float*>(ws + sl.off_stage + sl.stage_o_bytes)};
   if (m.direct) return {static_cast<char*>(out), lse};
@@ -116,7 +123,7 @@ dmlaResult_t pack(Impl& m, const DecoderSlice& sl, char* ws, cudaStream_t st) {
     kernels::PackHeadSlicesArgs a;
     a.batch = sl.rows; a.s_q = cfg.s_q; a.heads = m.h_tp; a.num_chunks = cfg.cp;
     a.max_slice = m.max_slice; a.type = to_elem(cfg.partial_dtype); a.src_lse_bsh = lse_bsh_local;
-    a.o = p.o; a.lse = p.lse; a.chunks = ws + sl.off_send; a.chunk_stride = sl.part_bytes;
+    a.o = p.o; a.lse = p.lse; a.chunks = send_chunks(m, sl, ws); a.chunk_stride = sl.part_bytes;
     a.lse_offset = sl.o_bytes;
     DMLA_DIST_CUDA_RET(kernels::pack_head_slices(a, st));
   } else {
@@ -129,9 +136,9 @@ dmlaResult_t pack(Impl& m, const DecoderSlice& sl, char* ws, cudaStream_t st) {
   return dmlaSuccess;
 }
 
-// 2. Exchange over the CP group.
+// 2. Exchange over the CP group (the pull merge's combine reads the peers' chunks itself).
 dmlaResult_t exchange(Impl& m, const DecoderSlice& sl, char* ws, cudaStream_t st) {
-  if (m.cfg.cp == 1) return dmlaSuccess;
+  if (m.cfg.cp == 1 || m.pull()) return dmlaSuccess;
   return m.mode == MergeMode::kAllGather
              ? m.cp_comm->all_gather(ws + sl.off_send, ws + sl.off_recv, sl.part_bytes, st)
              : m.cp_comm->all_to_all(ws + sl.off_send, ws + sl.off_recv, sl.part_bytes, st);
@@ -155,6 +162,12 @@ dmlaResult_t combine(Impl& m, const DecoderSlice& sl, const DecoderInputs& in, c
     a.part_stride = sl.part_bytes; a.lse_offset = sl.o_bytes; a.part_type = to_elem(cfg.partial_dtype);
     a.bsh_from = lse_bsh ? 0 : (1 << 30); a.out = out; a.out_type = to_elem(cfg.out_dtype);
     a.lse_out = lse;
+    if (m.pull()) {  // chunk `me` of every rank's window
+      a.pull = m.win.sync;
+      a.parts = nullptr;
+      a.part_stride = 0;
+      for (int c = 0; c < cfg.cp; ++c) a.part_at[c] = m.win.at[c] + sl.off_win + m.cp_comm->rank() * sl.part_bytes;
+    }
     DMLA_DIST_CUDA_RET(kernels::cross_rank_combine(a, st));
   } else {
     CombineLayout l;

@@ -78,8 +78,8 @@ class PeerCommunicator final : public Communicator {
     a.slot_bytes = slot_;
     const size_t cb = kernels::peer_ctrl_bytes(size());
     for (int p = 0; p < size(); ++p) {
-      a.ctrl[p] = reinterpret_cast<uint64_t*>(mapped_[p]);
-      a.mail[p] = mapped_[p] + cb;
+      a.ctrl[p] = reinterpret_cast<uint64_t*>(mail_.at[p]);
+      a.mail[p] = mail_.at[p] + cb;
     }
     a.error = err_dev_;
     a.timeout_ns = static_cast<uint64_t>(opt_.timeout_ms) * 1000000ull;
@@ -113,44 +113,46 @@ class PeerCommunicator final : public Communicator {
     if (auto r = failed(); r != dmlaSuccess) return r;
     bytes = (bytes + 15) & ~size_t(15);
     if (ready_ && bytes <= slot_) return dmlaSuccess;
-    const int world = size(), me = rank();
-    if (world > kernels::kMaxPeers) return dmlaSuccess;  // base serves (same decision on every rank)
+    if (size() > kernels::kMaxPeers) return dmlaSuccess;  // base serves (same decision on every rank)
     DeviceGuard g(device_);
     if (auto r = release_checked(); r != dmlaSuccess) return r;
-    const size_t cb = kernels::peer_ctrl_bytes(world);
-    DMLA_DIST_CUDA_RET(cudaMalloc(reinterpret_cast<void**>(&mine_), cb + world * bytes));
-    DMLA_DIST_CUDA_RET(cudaMemset(mine_, 0, cb));
-    DMLA_DIST_CUDA_RET(cudaDeviceSynchronize());  // zeroed before any peer can see the handle
-    cudaIpcMemHandle_t h;
-    DMLA_DIST_CUDA_RET(cudaIpcGetMemHandle(&h, mine_));
-    std::vector<cudaIpcMemHandle_t> all(world);
-    if (auto r = gather_handles(h, all.data()); r != dmlaSuccess) return r;
-    mapped_.assign(world, nullptr);
-    mapped_[me] = mine_;
-    uint8_t ok = 1;
     std::string why;
-    for (int p = 0; p < world; ++p) {
-      if (p == me) continue;
-      void* ptr = nullptr;
-      const cudaError_t e = cudaIpcOpenMemHandle(&ptr, all[p], cudaIpcMemLazyEnablePeerAccess);
-      if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        ok = 0;
-        why = "peer " + std::to_string(p) + ": " + cudaGetErrorString(e);
-        continue;
-      }
-      mapped_[p] = static_cast<char*>(ptr);
-    }
-    uint8_t all_ok = 0;
-    if (auto r = base_->agree(&ok, &all_ok, 1); r != dmlaSuccess) return r;
-    if (!all_ok) {  // stay on base; backend_name() says why
-      name_ = std::string(base_->backend_name()) + " (peer path off: " +
-              (ok ? std::string("another rank could not map its peers") : why) + ")";
-      return release_checked();
+    if (auto r = map_group(kernels::peer_ctrl_bytes(size()), size() * bytes, &mail_, &why); r != dmlaSuccess) return r;
+    if (!mail_.mine) {  // stay on base; backend_name() says why
+      name_ = std::string(base_->backend_name()) + " (peer path off: " + why + ")";
+      return dmlaSuccess;
     }
     name_ = std::string("peer+") + base_->backend_name();
     slot_ = bytes;
     ready_ = true;
+    return dmlaSuccess;
+  }
+
+  // Collective: the newest window if it is large enough, else a new one (the older ones stay
+  // mapped for whoever holds them).
+  dmlaResult_t reserve_window(size_t bytes, DeviceWindow* w) override {
+    *w = DeviceWindow{};
+    if (auto r = failed(); r != dmlaSuccess) return r;
+    if (size() > kernels::kMaxPeers) return dmlaSuccess;
+    bytes = std::max<size_t>((bytes + 255) & ~size_t(255), 256);
+    if (windows_.empty() || windows_.back().bytes < bytes) {
+      DeviceGuard g(device_);
+      Mapping m;
+      std::string why;
+      if (auto r = map_group(kernels::peer_window_ctrl_bytes(size()), bytes, &m, &why); r != dmlaSuccess) return r;
+      if (!m.mine) return dmlaSuccess;  // no window on any rank
+      windows_.push_back(std::move(m));
+    }
+    const Mapping& m = windows_.back();
+    const size_t cb = kernels::peer_window_ctrl_bytes(size());
+    w->sync.world = size();
+    w->sync.rank = rank();
+    w->sync.error = err_dev_;
+    w->sync.timeout_ns = static_cast<uint64_t>(opt_.timeout_ms) * 1000000ull;
+    for (int p = 0; p < size(); ++p) {
+      w->sync.ctrl[p] = reinterpret_cast<uint64_t*>(m.at[p]);
+      w->at[p] = m.at[p] + cb;
+    }
     return dmlaSuccess;
   }
 
@@ -161,30 +163,82 @@ class PeerCommunicator final : public Communicator {
     if (v == 0) return dmlaSuccess;
     const unsigned peer = v & 0xffu;
     const bool freeing = (v & 0xff00u) == kernels::kPeerErrFreeTimeout;
-    return set_error(dmlaErrorTimeout, "peer all_to_all: rank " + std::to_string(rank()) + " waited more than " +
+    return set_error(dmlaErrorTimeout, "peer exchange: rank " + std::to_string(rank()) + " waited more than " +
                                            std::to_string(opt_.timeout_ms) + " ms for rank " + std::to_string(peer) +
-                                           (freeing ? " to free its mailbox slot" : " to deliver its chunk") +
+                                           (freeing ? " to free its mailbox slot (or stop reading its window)"
+                                                    : " to deliver its chunk") +
                                            " (the communicator refuses further exchanges)");
   }
-  // Everything enqueued is done (the kernel's own deadline bounds it), every rank got here, then
-  // the mappings go.
-  dmlaResult_t release_checked() {
-    if (!mine_) return dmlaSuccess;
+  // One allocation on every rank (zeroed counters, then bytes), every peer's mapped here.
+  struct Mapping {
+    char* mine = nullptr;
+    std::vector<char*> at;  // every rank's as mapped here (mine at rank())
+    size_t bytes = 0;       // past the counters
+  };
+  // Collective. m->mine stays null (and why says why) when some rank could not map a peer's.
+  dmlaResult_t map_group(size_t ctrl_bytes, size_t bytes, Mapping* m, std::string* why) {
+    const dmlaResult_t r = try_map(ctrl_bytes, bytes, m, why);
+    if (r != dmlaSuccess) unmap(m);
+    return r;
+  }
+  dmlaResult_t try_map(size_t ctrl_bytes, size_t bytes, Mapping* m, std::string* why) {
+    const int world = size(), me = rank();
+    DMLA_DIST_CUDA_RET(cudaMalloc(reinterpret_cast<void**>(&m->mine), ctrl_bytes + bytes));
+    DMLA_DIST_CUDA_RET(cudaMemset(m->mine, 0, ctrl_bytes));
+    DMLA_DIST_CUDA_RET(cudaDeviceSynchronize());  // zeroed before any peer can see the handle
+    cudaIpcMemHandle_t h;
+    DMLA_DIST_CUDA_RET(cudaIpcGetMemHandle(&h, m->mine));
+    std::vector<cudaIpcMemHandle_t> all(world);
+    if (auto r = gather_handles(h, all.data()); r != dmlaSuccess) return r;
+    m->at.assign(world, nullptr);
+    m->at[me] = m->mine;
+    m->bytes = bytes;
+    uint8_t ok = 1;
+    for (int p = 0; p < world; ++p) {
+      if (p == me) continue;
+      void* ptr = nullptr;
+      const cudaError_t e = cudaIpcOpenMemHandle(&ptr, all[p], cudaIpcMemLazyEnablePeerAccess);
+      if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        ok = 0;
+        *why = "peer " + std::to_string(p) + ": " + cudaGetErrorString(e);
+        continue;
+      }
+      m->at[p] = static_cast<char*>(ptr);
+    }
+    uint8_t all_ok = 0;
+    if (auto r = base_->agree(&ok, &all_ok, 1); r != dmlaSuccess) return r;
+    if (!all_ok) {
+      if (ok) *why = "another rank could not map its peers";
+      unmap(m);
+    }
+    return dmlaSuccess;
+  }
+  void unmap(Mapping* m) {
+    for (char* p : m->at)
+      if (p && p != m->mine) cudaIpcCloseMemHandle(p);
+    if (m->mine) cudaFree(m->mine);
+    *m = Mapping{};
+  }
+  // Everything enqueued is done (the kernels' own deadlines bound it), every rank got here, then
+  // the mailboxes (all = also the windows) go.
+  dmlaResult_t release_checked(bool all = false) {
+    if (!mail_.mine && (!all || windows_.empty())) return dmlaSuccess;
     dmlaResult_t r = dmlaSuccess;
     if (cudaDeviceSynchronize() != cudaSuccess) r = set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": cudaDeviceSynchronize");
     if (r == dmlaSuccess) r = base_->barrier();
-    for (size_t p = 0; p < mapped_.size(); ++p)
-      if (mapped_[p] && mapped_[p] != mine_) cudaIpcCloseMemHandle(mapped_[p]);
-    mapped_.clear();
-    cudaFree(mine_);
-    mine_ = nullptr;
+    unmap(&mail_);
     ready_ = false;
     slot_ = 0;
+    if (all) {
+      for (Mapping& m : windows_) unmap(&m);
+      windows_.clear();
+    }
     return r;
   }
   void release() {
     DeviceGuard g(device_);
-    (void)release_checked();
+    (void)release_checked(true);
   }
   // All-gather of the 64-byte IPC handles through base, in its memory space.
   dmlaResult_t gather_handles(const cudaIpcMemHandle_t& h, cudaIpcMemHandle_t* all) {
@@ -212,8 +266,8 @@ class PeerCommunicator final : public Communicator {
   std::string name_;
   unsigned* err_host_ = nullptr;  // host-mapped error word of the kernel
   unsigned* err_dev_ = nullptr;
-  char* mine_ = nullptr;          // control block, then world mailbox slots of slot_ bytes
-  std::vector<char*> mapped_;     // every rank's allocation as mapped here (mine_ at rank())
+  Mapping mail_;                  // control block, then world mailbox slots of slot_ bytes
+  std::vector<Mapping> windows_;  // reserve_window's, the newest last
   size_t slot_ = 0;
   bool ready_ = false;
 };

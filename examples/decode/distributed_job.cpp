@@ -300,10 +300,12 @@ int run(const JobOptions& opt) {
       cudaGetDeviceProperties(&prop, device);
       devname = prop.name;
     }
+    const std::string cpx = std::string(dec.cp_group().backend_name()) +
+                            (dec.pull_merge() ? ", pull merge: the merge reads the peers' chunks, exchange 0" : "");
     std::printf("# distmla_decode distributed: %d ranks (%s; CP exchange: %s; %s backend, %s), page %d, varlen %d, "
                 "causal %d, seed %llu, %d warm-up + %d timed steps (median, slowest rank); exchange and merge inside "
                 "the step time; attn/exchange/merge us: exposed time of each phase (k sub-batches: the last one's)%s\n",
-                L.world, comm->backend_name(), dec.cp_group().backend_name(), gpus ? "cuda" : "cpu", devname.c_str(),
+                L.world, comm->backend_name(), cpx.c_str(), gpus ? "cuda" : "cpu", devname.c_str(),
                 g.page_size,
                 opt.varlen ? 1 : 0, opt.causal ? 1 : 0, static_cast<unsigned long long>(opt.seed), opt.warmup,
                 opt.iters, opt.reuse_schedule ? "; -r 1: split schedule reused (a layer after the first)" : "");

@@ -48,6 +48,9 @@ ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, co
   ok(cudaEventCreate(&e1), "event");
   std::vector<double> step, xm, bare, bare_w;
   dist::Communicator* wrapped = cp.wrapped();  // -P 1: NCCL beside the peer transport
+  // The peer path's mailboxes for the bare all-to-all (a pulling decoder has none), before any
+  // capture: a reserve that grows them replaces them.
+  if (a2a && comm_part) ok(cp.reserve(bytes), "reserve");
   {
     // The schedule the reusing step needs and the partials run_exchange works on.
     ok(dec.run(in, ws, dec.workspace_bytes(), st), "first step");

@@ -5,14 +5,18 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "distmla/kernels/cross_rank_combine.h"
+#include "peer_sync.cuh"
 
 namespace distmla::kernels {
 
 namespace {
+
+using namespace detail;
 
 constexpr int kDv = 512;
 constexpr int kRowsPerBlock = 4;
@@ -49,14 +53,20 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
 struct RawRow {
   uint4 v[4];  // Vec<T>::kCount of them: 4 (fp32) or 2 (16-bit)
 };
-template <ElemType T>
+// kPeer: another GPU wrote it during this kernel (L2 of its owner, not the read-only path).
+template <typename U, bool kPeer>
+__device__ __forceinline__ U load(const U* p) {
+  if constexpr (kPeer) return __ldcg(p);
+  else return __ldg(p);
+}
+template <ElemType T, bool kPeer>
 __device__ __forceinline__ void load_row(const void* base, size_t row, int lane, RawRow& r) {
   using V = Vec<T>;
   constexpr size_t kBytes = T == ElemType::kFP32 ? 4 : 2;
 #pragma unroll
   for (int j = 0; j < V::kCount; ++j) {
     const size_t col = static_cast<size_t>(j * 32 + lane) * V::kElems;
-    r.v[j] = __ldg(reinterpret_cast<const uint4*>(static_cast<const char*>(base) + (row * kDv + col) * kBytes));
+    r.v[j] = load<uint4, kPeer>(reinterpret_cast<const uint4*>(static_cast<const char*>(base) + (row * kDv + col) * kBytes));
   }
 }
 template <ElemType T>
@@ -114,19 +124,65 @@ __device__ __forceinline__ bool warp_row(int batch, int s_q, int heads, WarpRow*
   return true;
 }
 
-template <ElemType PT, ElemType OT>
-__global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs a) {
+// Pull merge, steps 1-2 (peer_exchange.h): the first CTA announces this rank's window, every CTA
+// waits for its peers'. Returns the epoch, 0 when the call is off (a failure, now or earlier).
+__device__ uint64_t pull_begin(const PeerWindow& w) {
+  __shared__ uint64_t epoch;
+  if (threadIdx.x == 0) {
+    const int W = w.world, me = w.rank;
+    uint64_t* my = w.ctrl[me];
+    const Failure err{w.error, my + 2 * W + 3};
+    uint64_t e = ld_volatile(my + 2 * W + 2) + 1;
+    if (ld_volatile(err.device) != 0) e = 0;  // an earlier call failed
+    if (e != 0 && atomicCAS(reinterpret_cast<unsigned long long*>(my + 2 * W), e - 1, e) == e - 1) {
+      __threadfence_system();
+      for (int p = 0; p < W; ++p)
+        if (p != me) st_release_sys(w.ctrl[p] + me, e);
+    }
+    uint64_t deadline = 0;
+    for (int p = 0; p < W && e != 0; ++p)
+      if (p != me && !thread_wait_ge(my + p, e, deadline, w.timeout_ns, err, kPeerErrArriveTimeout | p)) e = 0;
+    epoch = e;
+  }
+  __syncthreads();
+  return epoch;
+}
+
+// Pull merge, step 3: once every CTA's reads are done, the last one tells the peers and waits
+// until none of them reads this rank's window any more.
+__device__ void pull_end(const PeerWindow& w, uint64_t e) {
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  const int W = w.world, me = w.rank;
+  uint64_t* my = w.ctrl[me];
+  __threadfence();
+  if (atomicAdd(reinterpret_cast<unsigned long long*>(my + 2 * W + 1), 1ull) != gridDim.x - 1) return;
+  st_volatile(my + 2 * W + 1, 0);  // the next call starts after this kernel
+  __threadfence_system();
+  for (int p = 0; p < W; ++p)
+    if (p != me) st_release_sys(w.ctrl[p] + W + me, e);
+  const Failure err{w.error, my + 2 * W + 3};
+  uint64_t deadline = 0;
+  for (int p = 0; p < W; ++p)
+    if (p != me && !thread_wait_ge(my + W + p, e, deadline, w.timeout_ns, err, kPeerErrFreeTimeout | p)) return;
+  st_volatile(my + 2 * W + 2, e);
+}
+
+// One warp merges one row; kPull: the parts come from the peers' windows (a.pull).
+template <ElemType PT, ElemType OT, bool kPull>
+__device__ __forceinline__ void combine_row(const CrossRankCombineArgs& a, const WarpRow& w) {
   const int lane = threadIdx.x % 32;
-  WarpRow w;
-  if (!warp_row(a.batch, a.s_q, a.heads, &w)) return;
   const int h = w.h, bt = w.bt, t = w.t, b = w.b;
   const int ph = a.head_offset + h;
   const size_t o_row = static_cast<size_t>(bt) * a.part_heads + ph;
   const size_t lse_bsh = o_row;
   const size_t lse_bhs = (static_cast<size_t>(b) * a.part_heads + ph) * a.s_q + t;
-  const char* parts = static_cast<const char*>(a.parts);
+  auto part = [&](int c) {
+    if constexpr (kPull) return static_cast<const char*>(a.part_at[c]);
+    else return static_cast<const char*>(a.parts) + c * a.part_stride;
+  };
   auto part_lse = [&](int c) {
-    return reinterpret_cast<const float*>(parts + c * a.part_stride + a.lse_offset)[c >= a.bsh_from ? lse_bsh : lse_bhs];
+    return load<float, kPull>(reinterpret_cast<const float*>(part(c) + a.lse_offset) + (c >= a.bsh_from ? lse_bsh : lse_bhs));
   };
 
   // Online log-sum-exp over pairs of parts: a pair's lse and o loads are issued together (the
@@ -140,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs 
     for (int u = 0; u < 2; ++u) {
       const int c = c0 + u;
       l[u] = c < a.num_parts ? part_lse(c) : -INFINITY;
-      if (c < a.num_parts) load_row<PT>(parts + c * a.part_stride, o_row, lane, x[u]);
+      if (c < a.num_parts) load_row<PT, kPull>(part(c), o_row, lane, x[u]);
     }
     const float gm = fmaxf(mx, fmaxf(l[0], l[1]));
     if (gm == -INFINITY) continue;  // no tokens so far
@@ -167,6 +223,18 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CrossRankCombineArgs 
   for (int k = 0; k < kPerLane; ++k) acc[k] *= inv;
   store_row<PT, OT>(a.out, static_cast<size_t>(bt) * a.heads + h, lane, acc);
   if (lane == 0) a.lse_out[(static_cast<size_t>(b) * a.heads + h) * a.s_q + t] = lse;
+}
+
+template <ElemType PT, ElemType OT, bool kPull>
+__global__ void __launch_bounds__(kThreads) combine_kernel(const __grid_constant__ CrossRankCombineArgs a) {
+  uint64_t e = 0;
+  if constexpr (kPull) {
+    e = pull_begin(a.pull);
+    if (e == 0) return;
+  }
+  WarpRow w;
+  if (warp_row(a.batch, a.s_q, a.heads, &w)) combine_row<PT, OT, kPull>(a, w);
+  if constexpr (kPull) pull_end(a.pull, e);
 }
 
 template <ElemType T>
@@ -196,14 +264,29 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 unsigned blocks_for(long long rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
-template <ElemType PT>
+template <ElemType PT, bool kPull>
 cudaError_t launch_combine(const CrossRankCombineArgs& a, unsigned grid, cudaStream_t stream) {
   switch (a.out_type) {
-    case ElemType::kBF16: combine_kernel<PT, ElemType::kBF16><<<grid, kThreads, 0, stream>>>(a); break;
-    case ElemType::kFP16: combine_kernel<PT, ElemType::kFP16><<<grid, kThreads, 0, stream>>>(a); break;
-    default: combine_kernel<PT, ElemType::kFP32><<<grid, kThreads, 0, stream>>>(a);
+    case ElemType::kBF16: combine_kernel<PT, ElemType::kBF16, kPull><<<grid, kThreads, 0, stream>>>(a); break;
+    case ElemType::kFP16: combine_kernel<PT, ElemType::kFP16, kPull><<<grid, kThreads, 0, stream>>>(a); break;
+    default: combine_kernel<PT, ElemType::kFP32, kPull><<<grid, kThreads, 0, stream>>>(a);
   }
   return cudaGetLastError();
+}
+template <ElemType PT>
+cudaError_t launch_combine(const CrossRankCombineArgs& a, unsigned grid, cudaStream_t stream) {
+  return a.pull.world > 1 ? launch_combine<PT, true>(a, grid, stream) : launch_combine<PT, false>(a, grid, stream);
+}
+
+// The pull merge's arguments (parts from the window, counters, deadline) are complete.
+bool pull_ok(const CrossRankCombineArgs& a) {
+  const PeerWindow& w = a.pull;
+  if (w.world > kMaxPeers || a.num_parts != w.world || w.rank < 0 || w.rank >= w.world || !w.error ||
+      w.timeout_ns == 0)
+    return false;
+  for (int c = 0; c < w.world; ++c)
+    if (!a.part_at[c] || !w.ctrl[c]) return false;
+  return true;
 }
 
 }  // namespace
@@ -212,13 +295,16 @@ cudaError_t cross_rank_combine(const CrossRankCombineArgs& a, cudaStream_t strea
   if (a.num_parts < 1 || a.num_parts > kMaxCombineParts || a.batch < 0 || a.s_q < 1 || a.heads < 0 ||
       a.part_heads < a.head_offset + a.heads)
     return cudaErrorInvalidValue;
+  const bool pull = a.pull.world > 1;
   const long long rows = static_cast<long long>(a.batch) * a.s_q * a.heads;
-  if (rows == 0) return cudaSuccess;
+  if (rows == 0 && !pull) return cudaSuccess;  // a pull merge with no rows here still serves its peers
   if (blocks_for(rows) > 0x7fffffffu) return cudaErrorInvalidValue;
+  if (pull && !pull_ok(a)) return cudaErrorInvalidValue;
   // Vector access: the parts, their stride and out start on 16-byte boundaries (rows are 1-2 KB).
-  if (!aligned16(a.parts) || a.part_stride % 16 != 0 || !aligned16(a.out) || a.lse_offset % 4 != 0)
-    return cudaErrorMisalignedAddress;
-  const unsigned grid = blocks_for(rows);
+  bool parts_aligned = aligned16(a.parts) && a.part_stride % 16 == 0;
+  for (int c = 0; pull && c < a.num_parts; ++c) parts_aligned = parts_aligned && aligned16(a.part_at[c]);
+  if (!parts_aligned || !aligned16(a.out) || a.lse_offset % 4 != 0) return cudaErrorMisalignedAddress;
+  const unsigned grid = std::max(1u, blocks_for(rows));
   switch (a.part_type) {
     case ElemType::kBF16: return launch_combine<ElemType::kBF16>(a, grid, stream);
     case ElemType::kFP16: return launch_combine<ElemType::kFP16>(a, grid, stream);

@@ -3,59 +3,20 @@
 
 #include <cstdint>
 
+#include "peer_sync.cuh"
+
 namespace distmla::kernels {
 namespace {
 
+using namespace detail;
+
 constexpr int kThreads = 512;
 
-__device__ __forceinline__ uint64_t ld_acquire_sys(const uint64_t* p) {
-  uint64_t v;
-  asm volatile("ld.acquire.sys.global.u64 %0, [%1];\n" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void red_add_release_sys(uint64_t* p, uint64_t v) {
-  asm volatile("red.release.sys.global.add.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ void st_release_sys(uint64_t* p, uint64_t v) {
-  asm volatile("st.release.sys.global.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ uint64_t now_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
-  return t;
-}
-
-// Where a missed deadline is recorded: the control block (what the next call checks, device
-// memory) and the host-mapped word the communicator reads. The kernel never reads host memory:
-// on these machines each read of it took tens of microseconds (run P2).
-struct Failure {
-  unsigned* host;
-  uint64_t* device;
-  __device__ void set(unsigned code) const {
-    *reinterpret_cast<volatile uint64_t*>(device) = code;
-    *reinterpret_cast<volatile unsigned*>(host) = code;
-  }
-};
-
-// Thread 0 waits until *p >= target; false (and the failure recorded) past the deadline, which
-// thread 0 sets at its first wait that does not succeed at once (0 until then).
+// Thread 0 waits (thread_wait_ge), the CTA learns the verdict.
 __device__ __forceinline__ bool wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline,
                                         uint64_t timeout_ns, const Failure& err, unsigned code) {
   __shared__ int ok;
-  if (threadIdx.x == 0) {
-    int r = 1;
-    if (ld_acquire_sys(p) < target) {
-      if (deadline == 0) deadline = now_ns() + timeout_ns;
-      while (ld_acquire_sys(p) < target) {
-        if (now_ns() > deadline) {
-          err.set(code);
-          r = 0;
-          break;
-        }
-      }
-    }
-    ok = r;
-  }
+  if (threadIdx.x == 0) ok = thread_wait_ge(p, target, deadline, timeout_ns, err, code);
   __syncthreads();
   const int r = ok;
   __syncthreads();

@@ -80,7 +80,7 @@ inline RefWorkload varlen_step_workload(int s_q, uint64_t seed) {
 // reuses the schedules the eager run left (a later layer) and replayed twice, each against the
 // double reference with every output row NaN-poisoned first; with `exchange_alone` and CP > 1,
 // also run_exchange alone on the partials the replay left. cp_backend, when given, is the
-// backend the decoder's CP group must report.
+// backend the decoder's CP group must report (a peer one: an all-to-all pulls, pull_merge()).
 inline void check_gpu_step(Communicator& comm, const RefWorkload& rw, DecoderConfig layout, bool exchange_alone,
                            cudaStream_t st, const char* cp_backend = nullptr) {
   const Workload& wl = rw.wl;
@@ -93,6 +93,9 @@ inline void check_gpu_step(Communicator& comm, const RefWorkload& rw, DecoderCon
   DistDecoder dec(comm, cfg);
   ASSERT_EQ(dec.sub_batches(), layout.sub_batches);
   if (cp_backend != nullptr) EXPECT_EQ(std::string(dec.cp_group().backend_name()), cp_backend);
+  // Over the peer transport an all-to-all merge pulls from the peers' windows.
+  const bool peer = cp_backend != nullptr && std::string(cp_backend).rfind("peer+", 0) == 0;
+  if (peer && layout.cp > 1) EXPECT_EQ(dec.pull_merge(), dec.mode() == MergeMode::kAllToAll);
   const Range oh = dec.out_heads();
   DevBuf<uint16_t> q(s.q), kv(s.kv), out(static_cast<size_t>(g.batch) * g.s_q * oh.count * DMLA_D_V);
   DevBuf<int32_t> bt(s.block_table), sl(s.seqlens), tbt(s.tail_block_table), tsl(s.tail_seqlens);

@@ -66,17 +66,19 @@ ROWS=${ROWS:-all}
 # collective of the same bytes, back to back; -r 1: every layer after the first of a step
 # (the split schedule reused), one GPU and CP alike; -W 1000: the graphs timed after 1 s of
 # their own replays, at the power cap (a busy server; -W 0: in the state the eager steps left,
-# which differs between a one-GPU call and a CP step twice as short). Rows without -P use the
-# default (-P auto: the peer exchange).
-GRAPH="-G 30"
+# which differs between a one-GPU call and a CP step twice as short). -G 100: timed rounds of
+# ~30 ms; -G 30's 10 ms rounds caught the power cap's swings (the same CP row 320-355 us between
+# processes, run D19; 321-330 with -G 100, run D20). Rows without -P use the default (-P auto:
+# the peer transport, whose all-to-all merge pulls from the peers' windows).
+GRAPH="-G 100"
 for rw in "0 1000" "1 1000" "1 0"; do
   r=${rw% *}
   GW="$GRAPH -W ${rw#* }"
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
     run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r $GW  # its 'graph us' is what the CP graph step compares with
     run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GW -P 0
-    # the CP all-to-all through CUDA IPC mailboxes (-P 1, also the default: its bare column
-    # times that path, its NCCL bare the NCCL one it wraps)
+    # the peer transport (-P 1, also the default): the merge pulls the peer's chunks from its
+    # window; its bare column times the mailbox all-to-all, its NCCL bare the NCCL one it wraps
     run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GW -P 1
   done
 done

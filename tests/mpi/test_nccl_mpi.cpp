@@ -134,8 +134,9 @@ TEST(NcclComm, BootstrapFromStoreAndFromId) {
 }
 
 namespace {
-// The distributed decode over comm, every layout of the world, eager and graph-replayed.
-void check_decode(std::unique_ptr<Communicator> comm) {
+// The distributed decode over comm, every layout of the world, eager and graph-replayed
+// (cp_backend: as test_util::check_gpu_step's).
+void check_decode(std::unique_ptr<Communicator> comm, const char* cp_backend = nullptr) {
   cudaStream_t st;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   for (int s_q : {1, 2, 4}) {
@@ -148,7 +149,7 @@ void check_decode(std::unique_ptr<Communicator> comm) {
                        " s_q " + std::to_string(s_q) + " sub_batches " + std::to_string(k));
           DecoderConfig layout;
           layout.tp = tp; layout.cp = cp; layout.mode = mode; layout.sub_batches = k;
-          test_util::check_gpu_step(*comm, rw, layout, true, st);
+          test_util::check_gpu_step(*comm, rw, layout, true, st, cp_backend);
         }
   }
   cudaStreamDestroy(st);
@@ -161,11 +162,12 @@ TEST(NcclDecode, MatchesReferenceAndGraphReplay) {
   check_decode(make_world_nccl());
 }
 
-// The same with the CP all-to-all through CUDA IPC mailboxes (peer_communicator.h).
+// The same over the peer transport (peer_communicator.h): the all-to-all merge pulls the
+// peers' chunks from their windows.
 TEST(PeerDecode, MatchesReferenceAndGraphReplay) {
   REQUIRE_GPUS();
   if (!kernels::device_supported(my_device())) GTEST_SKIP() << "no sm_90 kernel for this device";
-  check_decode(make_peer_communicator(make_world_nccl(), my_device(), CommOptions{30000}));
+  check_decode(make_peer_communicator(make_world_nccl(), my_device(), CommOptions{30000}), "peer+nccl");
 }
 
 int main(int argc, char** argv) {

@@ -1,8 +1,9 @@
 // The peer communicator's all_to_all (CUDA IPC mailboxes, kernels/peer_exchange.h) under mpirun,
 // bootstrapped over MPI so that ranks may share a GPU (NCCL refuses that): patterns over sizes
 // and repeated calls, graph capture + replays, the fallback above the reservation, a missing
-// peer (timeout naming it, no hang), and the distributed decode (CP all-to-all) over it against
-// the double reference, eager and graph-replayed. Skips without a GPU.
+// peer (timeout naming it, no hang; also in the pull merge over windows), and the distributed
+// decode (CP all-to-all, pull merge) over it against the double reference, eager and
+// graph-replayed. Skips without a GPU.
 // Launch: mpirun -np 2 distmla_peer_tests.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -19,6 +20,7 @@
 #include "distmla/dist/peer_communicator.h"
 #include "distmla/dist/shard_data.h"
 #include "distmla/distmla.hpp"
+#include "distmla/kernels/cross_rank_combine.h"
 #include "distmla/kernels/decode.h"
 
 using namespace distmla;
@@ -189,6 +191,38 @@ TEST(PeerComm, MissingPeerTimesOutNamingIt) {
     EXPECT_NE(std::string(last_error_message()).find("to deliver its chunk"), std::string::npos) << last_error_message();
     // refused from now on, without touching the GPU
     EXPECT_EQ(comm->all_to_all(b.send, b.recv, 4096, st), dmlaErrorTimeout);
+    CUDA_OK(cudaStreamSynchronize(st));
+    cudaStreamDestroy(st);
+  }
+  // the destructor's barrier meets every rank
+}
+
+// The pull merge (the cross-rank combine reading the peers' windows) with a rank that never
+// merges: the others' combines give up at their deadline naming it, and the communicator then
+// refuses exchanges. Rank 0 merges alone here.
+TEST(PeerComm, PullMergeMissingPeerTimesOutNamingIt) {
+  REQUIRE_GPU();
+  auto comm = make_comm(300);
+  const int me = comm->rank(), n = comm->size();
+  if (n < 2) GTEST_SKIP() << "needs 2 ranks";
+  constexpr size_t kPart = 2048;  // one 512-wide bf16 row, then its lse
+  DeviceWindow w;
+  ASSERT_EQ(comm->reserve_window(n * kPart, &w), dmlaSuccess) << last_error_message();
+  ASSERT_EQ(w.sync.world, n) << "the ranks share GPUs or are NVLink peers: the window must map";
+  if (me == 0) {
+    cudaStream_t st;
+    CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    Bufs out(kPart, 1);
+    kernels::CrossRankCombineArgs a;
+    a.num_parts = n; a.batch = 1; a.s_q = 1; a.heads = 1; a.part_heads = 1; a.lse_offset = 1024;
+    a.out = out.send; a.lse_out = reinterpret_cast<float*>(out.recv); a.pull = w.sync;
+    for (int c = 0; c < n; ++c) a.part_at[c] = w.at[c] + me * kPart;
+    ASSERT_EQ(kernels::cross_rank_combine(a, st), cudaSuccess);
+    EXPECT_EQ(comm->wait(st), dmlaErrorTimeout);
+    EXPECT_NE(std::string(last_error_message()).find("for rank 1 to deliver its chunk"), std::string::npos)
+        << last_error_message();
+    Bufs b(1024, n);
+    EXPECT_EQ(comm->all_to_all(b.send, b.recv, 1024, st), dmlaErrorTimeout);  // refused from now on
     CUDA_OK(cudaStreamSynchronize(st));
     cudaStreamDestroy(st);
   }

@@ -11,10 +11,17 @@
 
 #include "distmla/dist/error.h"
 #include "distmla/distmla.h"
+#include "distmla/kernels/peer_exchange.h"
 
 namespace distmla::dist {
 
 enum class MemSpace { kHost, kDevice };
+
+// Device memory every rank of a group reads directly (Communicator::reserve_window).
+struct DeviceWindow {
+  char* at[kernels::kMaxPeers] = {};  // rank p's window as mapped here
+  kernels::PeerWindow sync;           // the pull merge's counters; sync.world == 0: no window
+};
 
 struct CommOptions {
   int timeout_ms = 60000;  // deadline of every wait (init, collectives, teardown)
@@ -50,6 +57,17 @@ class Communicator {
   // communicator set up its buffers (the peer communicator's mailboxes). No-op by default.
   virtual dmlaResult_t reserve(size_t bytes) {
     (void)bytes;
+    return dmlaSuccess;
+  }
+
+  // Collective: device memory of at least bytes on every rank that the group's other ranks read
+  // directly, for the cross-rank combine's pull merge (kernels/peer_exchange.h). None by
+  // default, nor where some rank cannot map its peers (the ranks agree): w->sync.world == 0. A
+  // window stays mapped until the communicator goes (a larger request maps another), so what
+  // an earlier call returned stays valid; windows are not for all_to_all's mailboxes.
+  virtual dmlaResult_t reserve_window(size_t bytes, DeviceWindow* w) {
+    (void)bytes;
+    *w = DeviceWindow{};
     return dmlaSuccess;
   }
 

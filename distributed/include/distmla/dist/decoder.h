@@ -104,6 +104,10 @@ class DistDecoder {
   dmlaBackend_t backend() const;       // resolved
   Range out_heads() const;             // global heads this rank's out holds
   size_t workspace_bytes() const;
+  // All-to-all merge pulling the peers' chunks straight from their memory in the combine (a CP
+  // group with device windows, Communicator::reserve_window): no exchange kernel, no copies.
+  // DISTMLA_PULL_MERGE=0 in the environment at plan time turns it off (all ranks alike).
+  bool pull_merge() const;
   int sub_batches() const;             // resolved (never 0)
   // Bytes one rank sends to each CP peer in a step (all-to-all chunk / all-gather part, summed
   // over the sub-batches); 0 with cp = 1. A bare collective of this size is the transfer floor.

@@ -7,6 +7,7 @@
 // ranks agree) falls back to base. send and recv must be 16-byte aligned. Waits have the deadline of CommOptions; a missed one inside the kernel
 // makes wait() return dmlaErrorTimeout naming the peer, and the communicator refuses further
 // exchanges (like an aborted NCCL communicator).
+// reserve_window maps the pull merge's windows (kernels/peer_exchange.h) the same way.
 // A captured all_to_all holds the mailboxes' addresses: destroy such graph execs before the
 // communicator, and capture after the last reserve() (one that grows the mailboxes replaces them).
 // The calls of one communicator must run one after the other on the device (one stream, or

@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include "distmla/kernels/decode.h"
+#include "distmla/kernels/peer_exchange.h"
 
 namespace distmla::kernels {
 
@@ -34,12 +35,17 @@ struct CrossRankCombineArgs {
   void* out = nullptr;
   ElemType out_type = ElemType::kBF16;
   float* lse_out = nullptr;
+  // Pull merge (peer_exchange.h) when pull.world > 1: num_parts = pull.world, part c at part_at[c]
+  // (in rank c's window as mapped here; parts and part_stride unused), lse at part_at[c] +
+  // lse_offset. The call synchronises with the group's other ranks on the device.
+  PeerWindow pull;
+  const void* part_at[kMaxPeers] = {};
 };
 
 constexpr int kMaxCombineParts = 256;
 
-// parts, part_stride and out must be 16-byte aligned (else cudaErrorMisalignedAddress; nothing
-// launched). Launch errors returned; never synchronises (graph-capturable).
+// parts (or part_at), part_stride and out must be 16-byte aligned (else cudaErrorMisalignedAddress;
+// nothing launched). Launch errors returned; never synchronises (graph-capturable).
 cudaError_t cross_rank_combine(const CrossRankCombineArgs& a, cudaStream_t stream);
 
 // Splits o [batch, s_q, heads, 512] + lse (src_lse_bsh ? [b, s_q, heads] : [b, heads, s_q])

@@ -42,6 +42,30 @@ struct PeerExchangeArgs {
   uint64_t timeout_ns = 0;
 };
 
+// Pull merge: every rank of a CP group writes its send chunks (chunk p for rank p) into its own
+// window, memory the other ranks map; cross_rank_combine with CrossRankCombineArgs::pull then
+// reads each rank's chunk for it straight from that rank's window: no copy, no exchange kernel.
+// One call (epoch e, the merges of a group in the same order on every rank), in the combine:
+//   1. the first CTA stores e into every peer's ready[rank] (release, system scope: the decode
+//      that wrote this rank's window ran before, in stream order);
+//   2. every CTA waits until ready[p] >= e for each peer p, then merges;
+//   3. the last CTA stores e into every peer's freed[rank] and waits until freed[p] >= e for each
+//      peer p, so that when the combine ends no peer still reads this rank's window (the next
+//      decode overwrites it), then advances the epoch.
+// Waits have deadlines as in the all-to-all (the same error word and codes).
+struct PeerWindow {
+  int world = 0;  // 0: no pull merge
+  int rank = 0;
+  uint64_t* ctrl[kMaxPeers] = {};  // rank p's window counters (mapped here), peer_window_ctrl_bytes
+  unsigned* error = nullptr;       // host-mapped, written only when a deadline is missed
+  uint64_t timeout_ns = 0;
+};
+// A window's counters: ready[world], freed[world], signaled (the last epoch announced), done (CTA
+// count), epoch, failed (the error word's device twin); its chunks follow.
+inline size_t peer_window_ctrl_bytes(int world) {
+  return (static_cast<size_t>(2 * world + 4) * 8 + 255) & ~size_t(255);
+}
+
 // Launches the exchange on stream (never synchronises; graph-capturable). cudaErrorInvalidValue
 // when world, rank, bytes or the pointers are out of range, before anything is launched.
 cudaError_t peer_all_to_all(const PeerExchangeArgs& a, cudaStream_t stream);

@@ -1,0 +1,55 @@
+#pragma once
+// Cross-GPU synchronisation shared by the peer all-to-all (peer_exchange.cu) and the pull merge
+// (cross_rank_combine.cu): system-scope flag loads and stores on IPC-mapped counters, and waits
+// with a %globaltimer deadline that record a failure instead of hanging.
+#include <cstdint>
+
+namespace distmla::kernels::detail {
+
+__device__ __forceinline__ uint64_t ld_acquire_sys(const uint64_t* p) {
+  uint64_t v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];\n" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void red_add_release_sys(uint64_t* p, uint64_t v) {
+  asm volatile("red.release.sys.global.add.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ void st_release_sys(uint64_t* p, uint64_t v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ uint64_t now_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ uint64_t ld_volatile(const uint64_t* p) { return *reinterpret_cast<const volatile uint64_t*>(p); }
+__device__ __forceinline__ void st_volatile(uint64_t* p, uint64_t v) { *reinterpret_cast<volatile uint64_t*>(p) = v; }
+
+// Where a missed deadline is recorded: the control block (what the next call checks, device
+// memory) and the host-mapped word the communicator reads. The kernel never reads host memory:
+// on these machines each read of it took tens of microseconds (run P2).
+struct Failure {
+  unsigned* host;
+  uint64_t* device;
+  __device__ void set(unsigned code) const {
+    st_volatile(device, code);
+    *reinterpret_cast<volatile unsigned*>(host) = code;
+  }
+};
+
+// One thread waits until *p >= target; false (and the failure recorded) past the deadline, which
+// it sets at its first wait that does not succeed at once (0 until then).
+__device__ __forceinline__ bool thread_wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline,
+                                               uint64_t timeout_ns, const Failure& err, unsigned code) {
+  if (ld_acquire_sys(p) >= target) return true;
+  if (deadline == 0) deadline = now_ns() + timeout_ns;
+  while (ld_acquire_sys(p) < target) {
+    if (now_ns() > deadline) {
+      err.set(code);
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace distmla::kernels::detail
