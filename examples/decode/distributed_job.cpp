@@ -314,8 +314,9 @@ int run(const JobOptions& opt) {
       std::printf("# -G %d: 'graph step us' = the step, 'x+m graph us' = exchange + merge alone (pack, "
                   "exchange, combine), 'bare us' = the CP group's %s of the same %zu B a peer (%s), 'NCCL bare' = "
                   "the same through the NCCL communicator it wraps (-P 1), 'ratio' = x+m / the NCCL bare (the "
-                  "issue-4 yardstick); each captured in a CUDA graph and launched %d times back to back after "
-                  "the ranks align (nccl-tests style), time / %d, median of %d such rounds, after %d ms of step replays\n",
+                  "issue-4 yardstick); each captured in a CUDA graph and launched %d times back to back, time / "
+                  "%d, median of %d such rounds; the step's rounds follow its %d ms of replays without a pause, as "
+                  "the one-GPU call's; the others each after the ranks align (nccl-tests style)\n",
                   opt.graph_iters, dec.mode() == MergeMode::kAllToAll ? "all-to-all" : "all-gather",
                   dec.exchange_bytes(), dec.cp_group().backend_name(), opt.graph_iters, opt.graph_iters,
                   kGraphRounds, opt.warm_ms);

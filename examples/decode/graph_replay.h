@@ -19,6 +19,34 @@ inline int warm_replays(int warm_ms, double call_us) {
   return n < 1 ? 1 : (n > 1e6 ? 1000000 : static_cast<int>(n + 0.5));
 }
 
+// Per-replay microseconds of each of kGraphRounds rounds of `replays` back-to-back launches of
+// exec, after `warm` launches, all enqueued at once with an event between rounds: no host sync
+// between rounds, so the card never idles between them (at the power cap a few idle
+// milliseconds before a round cost it up to 4 ms, run D23). wait(): the caller's wait for st
+// (a communicator's deadline wait), returning false on failure.
+template <typename Wait>
+cudaError_t time_rounds(cudaGraphExec_t exec, cudaStream_t st, int warm, int replays, Wait&& wait,
+                        double (&us)[kGraphRounds]) {
+  cudaEvent_t ev[kGraphRounds + 1] = {};
+  cudaError_t e = cudaSuccess;
+  for (int r = 0; r <= kGraphRounds && e == cudaSuccess; ++r) e = cudaEventCreate(&ev[r]);
+  for (int i = 0; i < warm && e == cudaSuccess; ++i) e = cudaGraphLaunch(exec, st);
+  for (int r = 0; r < kGraphRounds && e == cudaSuccess; ++r) {
+    if (r == 0) e = cudaEventRecord(ev[0], st);
+    for (int i = 0; i < replays && e == cudaSuccess; ++i) e = cudaGraphLaunch(exec, st);
+    if (e == cudaSuccess) e = cudaEventRecord(ev[r + 1], st);
+  }
+  if (e == cudaSuccess && !wait()) e = cudaErrorUnknown;
+  for (int r = 0; r < kGraphRounds && e == cudaSuccess; ++r) {
+    float ms = 0;
+    e = cudaEventElapsedTime(&ms, ev[r], ev[r + 1]);
+    us[r] = 1000.0 * ms / replays;
+  }
+  for (cudaEvent_t x : ev)
+    if (x) cudaEventDestroy(x);
+  return e;
+}
+
 // One captured graph; the exec goes before anything it captured (e.g. an NCCL communicator).
 struct Graph {
   cudaGraph_t g = nullptr;

@@ -123,25 +123,17 @@ bool run_cuda(const JobOptions& opt, const DecodePlan& plan, const Workload& w, 
     return true;
   }();
   // -G: the same call captured in a graph and replayed back to back, one event interval per
-  // round (no launch gaps: what the distributed job's graph-replayed step is compared with).
+  // round, the rounds without a pause (time_rounds: what the distributed job's step is timed by).
   Graph graph;
   if (ok && opt.graph_iters > 0) {
     ok = [&]() {
       const unsigned flags = opt.reuse_schedule ? DMLA_RUN_REUSE_SCHEDULE : 0u;
       JOB_CUDA(capture_graph(&graph, stream, [&] { plan.run(t, ws.p, ws_bytes, stream, flags); }));
-      std::vector<double> rounds;
       const int warm = 3 + warm_replays(opt.warm_ms, median(res->times_us));
-      for (int r = -1; r < kGraphRounds; ++r) {
-        const int count = r < 0 ? warm : opt.graph_iters;
-        JOB_CUDA(cudaEventRecord(ev[0], stream));
-        for (int i = 0; i < count; ++i) JOB_CUDA(cudaGraphLaunch(graph.exec, stream));
-        JOB_CUDA(cudaEventRecord(ev[1], stream));
-        JOB_CUDA(cudaEventSynchronize(ev[1]));
-        float ms = 0;
-        JOB_CUDA(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-        if (r >= 0) rounds.push_back(1000.0 * ms / count);
-      }
-      res->graph_us = median(rounds);
+      double rounds[kGraphRounds];
+      JOB_CUDA(time_rounds(graph.exec, stream, warm, opt.graph_iters,
+                           [&] { return cudaStreamSynchronize(stream) == cudaSuccess; }, rounds));
+      res->graph_us = median(std::vector<double>(rounds, rounds + kGraphRounds));
       return true;
     }();
   }

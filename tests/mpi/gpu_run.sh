@@ -67,9 +67,9 @@ ROWS=${ROWS:-all}
 # (the split schedule reused), one GPU and CP alike; -W 1000: the graphs timed after 1 s of
 # their own replays, at the power cap (a busy server; -W 0: in the state the eager steps left,
 # which differs between a one-GPU call and a CP step twice as short). -G 100: timed rounds of
-# ~30 ms; -G 30's 10 ms rounds caught the power cap's swings (the same CP row 320-355 us between
-# processes, run D19; 321-330 with -G 100, run D20). Rows without -P use the default (-P auto:
-# the peer transport, whose all-to-all merge pulls from the peers' windows).
+# ~30 ms; the CP step's time falls as its rounds grow (-G 30 up to 30% slower, run D24: it stalls
+# for milliseconds now and then), so compare CP rows at one -G only. Rows without -P use the
+# default (-P auto: the peer transport, whose all-to-all merge pulls from the peers' windows).
 GRAPH="-G 100"
 for rw in "0 1000" "1 1000" "1 0"; do
   r=${rw% *}
