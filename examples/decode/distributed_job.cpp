@@ -268,10 +268,13 @@ int run(const JobOptions& opt) {
     rel = cr.rel_err;
   }
   const double kv_bytes = static_cast<double>(s.num_blocks) * g.page_size * DMLA_D_QK * 2;
-  constexpr int kVals = 11;
+  constexpr int kVals = 17;
+  const StepSpread& sp = xb.step_spread;
   const std::vector<double> all = gather(*comm, {median(step_us), median(xchg_us), median(merge_us), wrong, rel,
                                                  kv_bytes, median(attn_us), xb.exchange_merge_us, xb.bare_us,
-                                                 xb.step_us, xb.bare_wrapped_us});
+                                                 xb.step_us, xb.bare_wrapped_us, static_cast<double>(sp.n),
+                                                 sp.median_us, sp.p90_us, sp.max_us, static_cast<double>(sp.slow),
+                                                 sp.slow_excess_us});
   int failed = 0;
   if (L.rank == 0) {
     double step = 0, xchg = 0, mrg = 0, nwrong = 0, maxrel = 0, kvmax = 0, attn = 0, xm = 0, bare = 0, gstep = 0,
@@ -344,6 +347,14 @@ int run(const JobOptions& opt) {
                 mrg, step > 0 ? flop / (step * 1e-6) / 1e12 : 0, step > 0 ? bytes / (step * 1e-6) / 1e9 : 0, kvmax,
                 opt.check ? std::to_string(static_cast<long long>(nwrong)).c_str() : "-", rel_text, gstep_text, xm_text,
                 bare_text, bare_w_text, ratio_text);
+    for (int r = 0; r < L.world && gstep > 0; ++r) {
+      const double* v = &all[kVals * r + 11];
+      StepSpread rs;
+      rs.n = static_cast<int>(v[0]);
+      rs.median_us = v[1]; rs.p90_us = v[2]; rs.max_us = v[3];
+      rs.slow = static_cast<int>(v[4]); rs.slow_excess_us = v[5];
+      print_spread(("graph step, rank " + std::to_string(r)).c_str(), rs);
+    }
     std::fflush(stdout);
     failed = opt.check && nwrong > 0;
   }

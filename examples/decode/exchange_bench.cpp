@@ -47,6 +47,7 @@ ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, co
   ok(cudaEventCreate(&e0), "event");
   ok(cudaEventCreate(&e1), "event");
   std::vector<double> step, xm, bare, bare_w;
+  StepSpread spread;
   dist::Communicator* wrapped = cp.wrapped();  // -P 1: NCCL beside the peer transport
   // The peer path's mailboxes for the bare all-to-all (a pulling decoder has none), before any
   // capture: a reserve that grows them replaces them.
@@ -88,7 +89,7 @@ ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, co
       const cudaError_t e = time_rounds(gs.exec, st, 3 + warm, replays, [&] {
         waited = world.wait(st);
         return waited == dmlaSuccess;
-      }, us);
+      }, us, &spread);
       ok(waited, "step rounds: wait");
       ok(e, "step rounds");
       step.assign(us, us + kGraphRounds);
@@ -105,7 +106,7 @@ ExchangeBench bench_graphs(dist::Communicator& world, dist::DistDecoder& dec, co
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
-  return {median(step), median(xm), median(bare), median(bare_w)};
+  return {median(step), median(xm), median(bare), median(bare_w), spread};
 }
 
 }  // namespace distmla::examples

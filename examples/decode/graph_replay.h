@@ -4,6 +4,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
 namespace distmla::examples {
 
 // Rounds of back-to-back replays whose median -G reports.
@@ -19,32 +23,70 @@ inline int warm_replays(int warm_ms, double call_us) {
   return n < 1 ? 1 : (n > 1e6 ? 1000000 : static_cast<int>(n + 0.5));
 }
 
+// The single replays of time_rounds: a step far over the median is a stall, which a median of
+// rounds hides but which makes short rounds slow (run D24).
+struct StepSpread {
+  int n = 0;                  // replays timed one by one
+  double median_us = 0, p90_us = 0, max_us = 0;
+  int slow = 0;               // replays over 1.5x the median
+  double slow_excess_us = 0;  // their time over the median, summed
+};
+
+// "# <who>: N single replays: median, p90, max us; k over 1.5x the median, E us over it in all".
+inline void print_spread(const char* who, const StepSpread& s) {
+  std::printf("# %s: %d single replays: median %.1f, p90 %.1f, max %.1f us; %d over 1.5x the median, %.0f us "
+              "over it in all\n",
+              who, s.n, s.median_us, s.p90_us, s.max_us, s.slow, s.slow_excess_us);
+}
+
 // Per-replay microseconds of each of kGraphRounds rounds of `replays` back-to-back launches of
-// exec, after `warm` launches, all enqueued at once with an event between rounds: no host sync
-// between rounds, so the card never idles between them (at the power cap a few idle
-// milliseconds before a round cost it up to 4 ms, run D23). wait(): the caller's wait for st
-// (a communicator's deadline wait), returning false on failure.
+// exec, after `warm` launches, all enqueued at once with an event after every replay: no host
+// sync between rounds, so the card never idles between them. spread (optional) gets the single
+// replays'. wait(): the caller's wait for st (a communicator's deadline wait), false on failure.
 template <typename Wait>
 cudaError_t time_rounds(cudaGraphExec_t exec, cudaStream_t st, int warm, int replays, Wait&& wait,
-                        double (&us)[kGraphRounds]) {
-  cudaEvent_t ev[kGraphRounds + 1] = {};
+                        double (&us)[kGraphRounds], StepSpread* spread = nullptr) {
+  if (replays < 1 || warm < 0) return cudaErrorInvalidValue;
+  const int n = kGraphRounds * replays;
+  std::vector<cudaEvent_t> ev(n + 1, nullptr);
   cudaError_t e = cudaSuccess;
-  for (int r = 0; r <= kGraphRounds && e == cudaSuccess; ++r) e = cudaEventCreate(&ev[r]);
+  for (int i = 0; i <= n && e == cudaSuccess; ++i) e = cudaEventCreate(&ev[i]);
   for (int i = 0; i < warm && e == cudaSuccess; ++i) e = cudaGraphLaunch(exec, st);
-  for (int r = 0; r < kGraphRounds && e == cudaSuccess; ++r) {
-    if (r == 0) e = cudaEventRecord(ev[0], st);
-    for (int i = 0; i < replays && e == cudaSuccess; ++i) e = cudaGraphLaunch(exec, st);
-    if (e == cudaSuccess) e = cudaEventRecord(ev[r + 1], st);
+  if (e == cudaSuccess) e = cudaEventRecord(ev[0], st);
+  for (int i = 0; i < n && e == cudaSuccess; ++i) {
+    e = cudaGraphLaunch(exec, st);
+    if (e == cudaSuccess) e = cudaEventRecord(ev[i + 1], st);
   }
   if (e == cudaSuccess && !wait()) e = cudaErrorUnknown;
-  for (int r = 0; r < kGraphRounds && e == cudaSuccess; ++r) {
+  std::vector<double> one(n);
+  for (int i = 0; i < n && e == cudaSuccess; ++i) {
     float ms = 0;
-    e = cudaEventElapsedTime(&ms, ev[r], ev[r + 1]);
-    us[r] = 1000.0 * ms / replays;
+    e = cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
+    one[i] = 1000.0 * ms;
   }
   for (cudaEvent_t x : ev)
     if (x) cudaEventDestroy(x);
-  return e;
+  if (e != cudaSuccess) return e;
+  for (int r = 0; r < kGraphRounds; ++r) {
+    double sum = 0;
+    for (int i = r * replays; i < (r + 1) * replays; ++i) sum += one[i];
+    us[r] = sum / replays;
+  }
+  if (spread) {
+    std::vector<double> v = one;
+    std::sort(v.begin(), v.end());
+    *spread = StepSpread{};
+    spread->n = n;
+    spread->median_us = v[n / 2];
+    spread->p90_us = v[(n * 9) / 10];
+    spread->max_us = v[n - 1];
+    for (double t : one)
+      if (t > 1.5 * spread->median_us) {
+        ++spread->slow;
+        spread->slow_excess_us += t - spread->median_us;
+      }
+  }
+  return cudaSuccess;
 }
 
 // One captured graph; the exec goes before anything it captured (e.g. an NCCL communicator).

@@ -48,6 +48,7 @@ struct DeviceBuffer {
 struct RunResult {
   std::vector<double> times_us;
   double graph_us = 0;  // -G: the call replayed from a CUDA graph, back to back (0: not timed)
+  StepSpread spread;    // -G: its single replays
   std::string device;
 };
 
@@ -132,7 +133,7 @@ bool run_cuda(const JobOptions& opt, const DecodePlan& plan, const Workload& w, 
       const int warm = 3 + warm_replays(opt.warm_ms, median(res->times_us));
       double rounds[kGraphRounds];
       JOB_CUDA(time_rounds(graph.exec, stream, warm, opt.graph_iters,
-                           [&] { return cudaStreamSynchronize(stream) == cudaSuccess; }, rounds));
+                           [&] { return cudaStreamSynchronize(stream) == cudaSuccess; }, rounds, &res->spread));
       res->graph_us = median(std::vector<double>(rounds, rounds + kGraphRounds));
       return true;
     }();
@@ -214,6 +215,7 @@ int run_single_device_job(const JobOptions& opt) {
                 "(median of %d rounds, after %d ms of replays; the figure the distributed job's graph step "
                 "compares with)\n",
                 opt.graph_iters, kGraphRounds, opt.warm_ms);
+  if (res.graph_us > 0) print_spread("graph us", res.spread);
   std::printf("%6s %4s %9s %4s %5s %8s %-28s %12s %9s %9s %10s %7s %10s\n", "b", "s_q", "mean S", "h_q",
               "page", "backend", "device", "time us", "TFLOP/s", "GB/s", "rel err", "#wrong", "graph us");
   char err_col[32] = "-", wrong_col[32] = "-";
