@@ -19,29 +19,38 @@ export LD_LIBRARY_PATH="${LIB_FIRST:+$PWD/$LIB_FIRST:}$PWD/$B/lib:$PWD/$B/distri
 G=$OUT/gpu.log  # the summary (GRAPH below holds the -G flag)
 { date -u; nvidia-smi -L; nvidia-smi topo -m; echo "nccl from: $NCCL_DIR"; which mpirun; } > "$G" 2>&1
 ldd $B/examples/decode/distmla_decode | grep -E "not found|nccl|cudart|mpi" >> "$G" 2>&1
+# ROWS (below) picks the timed rows; ROWS=spread skips the suites (TESTS=1 keeps them).
+ROWS=${ROWS:-all}
+[ "$ROWS" = spread ] && TESTS=${TESTS:-0} || TESTS=${TESTS:-1}
 # device cross-rank combine and pack against their host twins (one GPU)
-timeout 60 $B/tests/mpi/distmla_combine_gpu_tests --gtest_color=no > "$OUT/combine_tests.log" 2>&1
-echo "combine_tests rc=$?" >> "$G"
+if [ "$TESTS" = 1 ]; then
+  timeout 60 $B/tests/mpi/distmla_combine_gpu_tests --gtest_color=no > "$OUT/combine_tests.log" 2>&1
+  echo "combine_tests rc=$?" >> "$G"
+fi
 LOG=$OUT/decode.log
 D=$B/examples/decode/distmla_decode
 # Only an Open MPI 4 launcher matches the libmpi.so.40 the binaries were linked with.
 if mpirun --version 2>/dev/null | grep -q "Open MPI) 4\."; then
   MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH"
-  timeout 150 $MPI $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests.log" 2>&1
-  echo "nccl_tests (mpirun) rc=$?" >> "$G"
-  timeout 120 $MPI $B/tests/mpi/distmla_peer_tests --gtest_color=no > "$OUT/peer_tests.log" 2>&1
-  echo "peer_tests (mpirun) rc=$?" >> "$G"
+  if [ "$TESTS" = 1 ]; then
+    timeout 150 $MPI $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests.log" 2>&1
+    echo "nccl_tests (mpirun) rc=$?" >> "$G"
+    timeout 120 $MPI $B/tests/mpi/distmla_peer_tests --gtest_color=no > "$OUT/peer_tests.log" 2>&1
+    echo "peer_tests (mpirun) rc=$?" >> "$G"
+  fi
   dist() { timeout 90 $MPI $D "$@"; }
 else
   # No MPI here: two processes through the TCP store (rank 0 hosts it).
   P=29600
-  DISTMLA_TEST_STORE=127.0.0.1:$P DISTMLA_TEST_RANK=1 DISTMLA_TEST_WORLD=2 timeout 150 \
-    $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests_r1.log" 2>&1 &
-  DISTMLA_TEST_STORE=127.0.0.1:$P DISTMLA_TEST_RANK=0 DISTMLA_TEST_WORLD=2 timeout 150 \
-    $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests.log" 2>&1
-  echo "nccl_tests (store) rc=$?" >> "$G"
-  wait
-  tail -5 "$OUT/nccl_tests_r1.log" >> "$G"
+  if [ "$TESTS" = 1 ]; then
+    DISTMLA_TEST_STORE=127.0.0.1:$P DISTMLA_TEST_RANK=1 DISTMLA_TEST_WORLD=2 timeout 150 \
+      $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests_r1.log" 2>&1 &
+    DISTMLA_TEST_STORE=127.0.0.1:$P DISTMLA_TEST_RANK=0 DISTMLA_TEST_WORLD=2 timeout 150 \
+      $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests.log" 2>&1
+    echo "nccl_tests (store) rc=$?" >> "$G"
+    wait
+    tail -5 "$OUT/nccl_tests_r1.log" >> "$G"
+  fi
   dist() {
     P=$((P + 1))
     timeout 90 $D --rank 1 --world 2 --store 127.0.0.1:$P "$@" > /dev/null 2>> "$OUT/rank1.err" &
@@ -60,7 +69,22 @@ run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just 
 }
 # ROWS=core: only the loop below (the issue-4 rows, -P 0 and -P 1, -r 0 and 1, -W 1000 and 0; ~4 min);
 # ROWS=target: those plus sub-batches and the all-gather (~5.5 min); default: all rows.
-ROWS=${ROWS:-all}
+# ROWS=spread: where the CP step's millisecond stalls are (run D24): each issue-4 row's one-GPU
+# call and CP step at -G 30 and -G 300 (the spread of single replays, per rank), the cards'
+# clock-event reasons and counters (nvidia-smi -q -d PERFORMANCE) after each run (~2 min).
+if [ "$ROWS" = spread ]; then
+  for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
+    for g in 30 300; do
+      run timeout 60 $D $a --varlen 0 -n 10 -w 3 -c 0 -r 1 -G $g -W 1000
+      { echo "## after: one GPU $a -G $g"; nvidia-smi -q -d PERFORMANCE; } >> "$OUT/perf.log" 2>&1
+      run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 10 -w 3 -c 0 -k 1 -r 1 -G $g -W 1000
+      { echo "## after: CP 2 $a -G $g"; nvidia-smi -q -d PERFORMANCE; } >> "$OUT/perf.log" 2>&1
+    done
+  done
+  grep -E "^## [^r]|single replays|^ +(1x2|16|64) " "$LOG" >> "$G"
+  echo "done $(date -u)" >> "$G"
+  exit 0
+fi
 # issue-4 target rows: one GPU vs CP 2, same run; -k sub-batches (exchange overlapped with the
 # next slice's attention); -G: graph-replayed step, exchange + merge alone and a bare NCCL
 # collective of the same bytes, back to back; -r 1: every layer after the first of a step
