@@ -124,24 +124,37 @@ __device__ __forceinline__ bool warp_row(int batch, int s_q, int heads, WarpRow*
   return true;
 }
 
+// Rank r's window counters as mapped here (peer_exchange.h: peer_window_ctrl_bytes).
+struct WindowCtrl {
+  uint64_t* c;
+  int world;
+  __device__ WindowCtrl(const PeerWindow& w, int r) : c(w.ctrl[r]), world(w.world) {}
+  __device__ uint64_t* ready(int p) const { return c + p; }  // rank p announced epoch *ready(p)
+  __device__ uint64_t* freed(int p) const { return c + world + p; }  // rank p read this window up to it
+  __device__ unsigned long long* signaled() const { return reinterpret_cast<unsigned long long*>(c + 2 * world); }
+  __device__ unsigned long long* done() const { return reinterpret_cast<unsigned long long*>(c + 2 * world + 1); }
+  __device__ uint64_t* epoch() const { return c + 2 * world + 2; }
+  __device__ uint64_t* failed() const { return c + 2 * world + 3; }
+};
+
 // Pull merge, steps 1-2 (peer_exchange.h): the first CTA announces this rank's window, every CTA
 // waits for its peers'. Returns the epoch, 0 when the call is off (a failure, now or earlier).
 __device__ uint64_t pull_begin(const PeerWindow& w) {
   __shared__ uint64_t epoch;
   if (threadIdx.x == 0) {
-    const int W = w.world, me = w.rank;
-    uint64_t* my = w.ctrl[me];
-    const Failure err{w.error, my + 2 * W + 3};
-    uint64_t e = ld_volatile(my + 2 * W + 2) + 1;
-    if (ld_volatile(err.device) != 0) e = 0;  // an earlier call failed
-    if (e != 0 && atomicCAS(reinterpret_cast<unsigned long long*>(my + 2 * W), e - 1, e) == e - 1) {
+    const int me = w.rank;
+    const WindowCtrl my(w, me);
+    const Failure err{w.error, my.failed()};
+    uint64_t e = ld_volatile(my.epoch()) + 1;
+    if (ld_volatile(my.failed()) != 0) e = 0;  // an earlier call failed
+    if (e != 0 && atomicCAS(my.signaled(), e - 1, e) == e - 1) {
       __threadfence_system();
-      for (int p = 0; p < W; ++p)
-        if (p != me) st_release_sys(w.ctrl[p] + me, e);
+      for (int p = 0; p < w.world; ++p)
+        if (p != me) st_release_sys(WindowCtrl(w, p).ready(me), e);
     }
     uint64_t deadline = 0;
-    for (int p = 0; p < W && e != 0; ++p)
-      if (p != me && !thread_wait_ge(my + p, e, deadline, w.timeout_ns, err, kPeerErrArriveTimeout | p)) e = 0;
+    for (int p = 0; p < w.world && e != 0; ++p)
+      if (p != me && !thread_wait_ge(my.ready(p), e, deadline, w.timeout_ns, err, kPeerErrArriveTimeout | p)) e = 0;
     epoch = e;
   }
   __syncthreads();
@@ -153,19 +166,19 @@ __device__ uint64_t pull_begin(const PeerWindow& w) {
 __device__ void pull_end(const PeerWindow& w, uint64_t e) {
   __syncthreads();
   if (threadIdx.x != 0) return;
-  const int W = w.world, me = w.rank;
-  uint64_t* my = w.ctrl[me];
+  const int me = w.rank;
+  const WindowCtrl my(w, me);
   __threadfence();
-  if (atomicAdd(reinterpret_cast<unsigned long long*>(my + 2 * W + 1), 1ull) != gridDim.x - 1) return;
-  st_volatile(my + 2 * W + 1, 0);  // the next call starts after this kernel
+  if (atomicAdd(my.done(), 1ull) != gridDim.x - 1) return;
+  st_volatile(reinterpret_cast<uint64_t*>(my.done()), 0);  // the next call starts after this kernel
   __threadfence_system();
-  for (int p = 0; p < W; ++p)
-    if (p != me) st_release_sys(w.ctrl[p] + W + me, e);
-  const Failure err{w.error, my + 2 * W + 3};
+  for (int p = 0; p < w.world; ++p)
+    if (p != me) st_release_sys(WindowCtrl(w, p).freed(me), e);
+  const Failure err{w.error, my.failed()};
   uint64_t deadline = 0;
-  for (int p = 0; p < W; ++p)
-    if (p != me && !thread_wait_ge(my + W + p, e, deadline, w.timeout_ns, err, kPeerErrFreeTimeout | p)) return;
-  st_volatile(my + 2 * W + 2, e);
+  for (int p = 0; p < w.world; ++p)
+    if (p != me && !thread_wait_ge(my.freed(p), e, deadline, w.timeout_ns, err, kPeerErrFreeTimeout | p)) return;
+  st_volatile(my.epoch(), e);
 }
 
 // One warp merges one row; kPull: the parts come from the peers' windows (a.pull).
