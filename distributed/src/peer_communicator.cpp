@@ -12,6 +12,7 @@
 #include "deadline_poll.h"
 #include "device_guard.h"
 #include "distmla/kernels/peer_exchange.h"
+#include "pull_trace.h"
 
 namespace distmla::dist {
 namespace {
@@ -142,6 +143,7 @@ class PeerCommunicator final : public Communicator {
       if (auto r = map_group(kernels::peer_window_ctrl_bytes(size()), bytes, &m, &why); r != dmlaSuccess) return r;
       if (!m.mine) return dmlaSuccess;  // no window on any rank
       windows_.push_back(std::move(m));
+      if (!trace_) trace_ = detail::PullTrace::from_env();
     }
     const Mapping& m = windows_.back();
     const size_t cb = kernels::peer_window_ctrl_bytes(size());
@@ -149,6 +151,10 @@ class PeerCommunicator final : public Communicator {
     w->sync.rank = rank();
     w->sync.error = err_dev_;
     w->sync.timeout_ns = static_cast<uint64_t>(opt_.timeout_ms) * 1000000ull;
+    if (trace_) {
+      w->sync.trace = trace_->device();
+      w->sync.trace_len = trace_->length();
+    }
     for (int p = 0; p < size(); ++p) {
       w->sync.ctrl[p] = reinterpret_cast<uint64_t*>(m.at[p]);
       w->at[p] = m.at[p] + cb;
@@ -233,6 +239,8 @@ class PeerCommunicator final : public Communicator {
     if (all) {
       for (Mapping& m : windows_) unmap(&m);
       windows_.clear();
+      if (trace_) trace_->write(rank());
+      trace_.reset();
     }
     return r;
   }
@@ -268,6 +276,7 @@ class PeerCommunicator final : public Communicator {
   unsigned* err_dev_ = nullptr;
   Mapping mail_;                  // control block, then world mailbox slots of slot_ bytes
   std::vector<Mapping> windows_;  // reserve_window's, the newest last
+  std::unique_ptr<detail::PullTrace> trace_;  // DISTMLA_PULL_TRACE (pull_trace.h)
   size_t slot_ = 0;
   bool ready_ = false;
 };

@@ -142,6 +142,8 @@ struct WindowCtrl {
 __device__ uint64_t pull_begin(const PeerWindow& w) {
   __shared__ uint64_t epoch;
   if (threadIdx.x == 0) {
+    const bool traced = w.trace != nullptr && blockIdx.x == 0;
+    const uint64_t t0 = traced ? now_ns() : 0;
     const int me = w.rank;
     const WindowCtrl my(w, me);
     const Failure err{w.error, my.failed()};
@@ -155,6 +157,12 @@ __device__ uint64_t pull_begin(const PeerWindow& w) {
     uint64_t deadline = 0;
     for (int p = 0; p < w.world && e != 0; ++p)
       if (p != me && !thread_wait_ge(my.ready(p), e, deadline, w.timeout_ns, err, kPeerErrArriveTimeout | p)) e = 0;
+    if (traced && e != 0) {
+      uint64_t* r = w.trace + 4 * ((e - 1) % w.trace_len);
+      r[0] = e;
+      r[1] = t0;
+      r[2] = now_ns();
+    }
     epoch = e;
   }
   __syncthreads();
@@ -178,6 +186,7 @@ __device__ void pull_end(const PeerWindow& w, uint64_t e) {
   uint64_t deadline = 0;
   for (int p = 0; p < w.world; ++p)
     if (p != me && !thread_wait_ge(my.freed(p), e, deadline, w.timeout_ns, err, kPeerErrFreeTimeout | p)) return;
+  if (w.trace) w.trace[4 * ((e - 1) % w.trace_len) + 3] = now_ns();
   st_volatile(my.epoch(), e);
 }
 
@@ -295,7 +304,7 @@ cudaError_t launch_combine(const CrossRankCombineArgs& a, unsigned grid, cudaStr
 bool pull_ok(const CrossRankCombineArgs& a) {
   const PeerWindow& w = a.pull;
   if (w.world > kMaxPeers || a.num_parts != w.world || w.rank < 0 || w.rank >= w.world || !w.error ||
-      w.timeout_ns == 0)
+      w.timeout_ns == 0 || (w.trace && w.trace_len < 1))
     return false;
   for (int c = 0; c < w.world; ++c)
     if (!a.part_at[c] || !w.ctrl[c]) return false;

@@ -8,6 +8,7 @@
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/distmla_gpu_run}
+export DISTMLA_PULL_TRACE=${DISTMLA_PULL_TRACE:-0} DISTMLA_PULL_TRACE_FILE=${DISTMLA_PULL_TRACE_FILE:-$OUT/pull_trace}
 mkdir -p "$OUT"
 B=build-dist
 NCCL_DIR=""
@@ -31,7 +32,8 @@ LOG=$OUT/decode.log
 D=$B/examples/decode/distmla_decode
 # Only an Open MPI 4 launcher matches the libmpi.so.40 the binaries were linked with.
 if mpirun --version 2>/dev/null | grep -q "Open MPI) 4\."; then
-  MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH"
+  MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH \
+       -x DISTMLA_PULL_TRACE -x DISTMLA_PULL_TRACE_FILE"
   if [ "$TESTS" = 1 ]; then
     timeout 150 $MPI $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests.log" 2>&1
     echo "nccl_tests (mpirun) rc=$?" >> "$G"
@@ -70,15 +72,20 @@ run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just 
 # ROWS=core: only the loop below (the issue-4 rows, -P 0 and -P 1, -r 0 and 1, -W 1000 and 0; ~4 min);
 # ROWS=target: those plus sub-batches and the all-gather (~5.5 min); default: all rows.
 # ROWS=spread: where the CP step's millisecond stalls are (run D24): each issue-4 row's one-GPU
-# call and CP step at -G 30 and -G 300 (the spread of single replays, per rank), the cards'
-# clock-event reasons and counters (nvidia-smi -q -d PERFORMANCE) after each run (~2 min).
+# call and CP step at -G 30 and -G 300 (the spread of single replays, per rank; each CP step's
+# merges traced, DISTMLA_PULL_TRACE, and split into decode / wait / merge by
+# scripts/pull_trace.py), the cards' clock-event reasons (nvidia-smi -q -d PERFORMANCE) after
+# each run (~2 min).
 if [ "$ROWS" = spread ]; then
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
     for g in 30 300; do
       run timeout 60 $D $a --varlen 0 -n 10 -w 3 -c 0 -r 1 -G $g -W 1000
       { echo "## after: one GPU $a -G $g"; nvidia-smi -q -d PERFORMANCE; } >> "$OUT/perf.log" 2>&1
-      run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 10 -w 3 -c 0 -k 1 -r 1 -G $g -W 1000
+      t="$OUT/pull_trace_h${a##* }_G$g"
+      DISTMLA_PULL_TRACE=16384 DISTMLA_PULL_TRACE_FILE=$t \
+        run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 10 -w 3 -c 0 -k 1 -r 1 -G $g -W 1000
       { echo "## after: CP 2 $a -G $g"; nvidia-smi -q -d PERFORMANCE; } >> "$OUT/perf.log" 2>&1
+      { echo "## pull trace, CP 2 $a -G $g"; python3 scripts/pull_trace.py "$t".rank*.txt; } >> "$OUT/trace.log" 2>&1
     done
   done
   grep -E "^## [^r]|single replays|^ +(1x2|16|64) " "$LOG" >> "$G"
