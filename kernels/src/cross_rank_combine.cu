@@ -66,7 +66,8 @@ __device__ __forceinline__ void load_row(const void* base, size_t row, int lane,
 #pragma unroll
   for (int j = 0; j < V::kCount; ++j) {
     const size_t col = static_cast<size_t>(j * 32 + lane) * V::kElems;
-    r.v[j] = load<uint4, kPeer>(reinterpret_cast<const uint4*>(static_cast<const char*>(base) + (row * kDv + col) * kBytes));
+    const char* p = static_cast<const char*>(base) + (row * kDv + col) * kBytes;
+    r.v[j] = load<uint4, kPeer>(reinterpret_cast<const uint4*>(p));
   }
 }
 template <ElemType T>
@@ -204,7 +205,8 @@ __device__ __forceinline__ void combine_row(const CrossRankCombineArgs& a, const
     else return static_cast<const char*>(a.parts) + c * a.part_stride;
   };
   auto part_lse = [&](int c) {
-    return load<float, kPull>(reinterpret_cast<const float*>(part(c) + a.lse_offset) + (c >= a.bsh_from ? lse_bsh : lse_bhs));
+    const float* lse = reinterpret_cast<const float*>(part(c) + a.lse_offset);
+    return load<float, kPull>(lse + (c >= a.bsh_from ? lse_bsh : lse_bhs));
   };
 
   // Online log-sum-exp over pairs of parts: a pair's lse and o loads are issued together (the

@@ -59,9 +59,9 @@ struct PeerWindow {
   uint64_t* ctrl[kMaxPeers] = {};  // rank p's window counters (mapped here), peer_window_ctrl_bytes
   unsigned* error = nullptr;       // host-mapped, written only when a deadline is missed
   uint64_t timeout_ns = 0;
-  // Debugging (DISTMLA_PULL_TRACE, peer_communicator.h): a ring of trace_len records {epoch, start,
-  // peers ready, end} of the merges, in this GPU's %globaltimer ns (CTA 0's start and wait, the
-  // last CTA's end); null: off.
+  // Debugging (DISTMLA_PULL_TRACE: distributed/src/pull_trace.h): a ring of trace_len records
+  // {epoch, start, peers ready, end} of the merges, in this GPU's %globaltimer ns (CTA 0's start
+  // and wait, the last CTA's end); null: off.
   uint64_t* trace = nullptr;
   int trace_len = 0;
 };
