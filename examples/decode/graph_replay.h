@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <vector>
 
+#include "median.h"
+
 namespace distmla::examples {
 
 // Rounds of back-to-back replays whose median -G reports.
@@ -77,7 +79,7 @@ cudaError_t time_rounds(cudaGraphExec_t exec, cudaStream_t st, int warm, int rep
     std::sort(v.begin(), v.end());
     *spread = StepSpread{};
     spread->n = n;
-    spread->median_us = v[n / 2];
+    spread->median_us = median(one);
     spread->p90_us = v[(n * 9) / 10];
     spread->max_us = v[n - 1];
     for (double t : one)

@@ -210,12 +210,13 @@ int run_single_device_job(const JobOptions& opt) {
               shape.page_size, "bf16", opt.varlen ? 1 : 0, opt.causal ? 1 : 0,
               static_cast<unsigned long long>(opt.seed), opt.warmup, opt.iters,
               opt.reuse_schedule ? "; -r 1: the split schedule is reused (as by every layer after the first)" : "");
-  if (res.graph_us > 0)
+  if (res.graph_us > 0) {
     std::printf("# graph us: the same call captured in a CUDA graph, replayed %d times back to back, per call "
                 "(median of %d rounds, after %d ms of replays; the figure the distributed job's graph step "
                 "compares with)\n",
                 opt.graph_iters, kGraphRounds, opt.warm_ms);
-  if (res.graph_us > 0) print_spread("graph us", res.spread);
+    print_spread("graph us", res.spread);
+  }
   std::printf("%6s %4s %9s %4s %5s %8s %-28s %12s %9s %9s %10s %7s %10s\n", "b", "s_q", "mean S", "h_q",
               "page", "backend", "device", "time us", "TFLOP/s", "GB/s", "rel err", "#wrong", "graph us");
   char err_col[32] = "-", wrong_col[32] = "-";

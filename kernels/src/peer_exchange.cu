@@ -37,13 +37,13 @@ __global__ void __launch_bounds__(kThreads, 1) peer_a2a_kernel(const __grid_cons
   const int W = a.world, me = a.rank;
   uint64_t* my = a.ctrl[me];  // arrived[W], freed[W], done, epoch, failed
   __shared__ int failed;
-  if (threadIdx.x == 0) failed = *reinterpret_cast<volatile uint64_t*>(my + 2 * W + 2) != 0;  // an earlier call
+  if (threadIdx.x == 0) failed = ld_volatile(my + 2 * W + 2) != 0;  // an earlier call
   __syncthreads();
   if (failed) return;
   Failure err{a.error, my + 2 * W + 2};
   uint64_t deadline = 0;  // thread 0's, set at its first wait
   // Every CTA reads the epoch before the last one (which waits for all) advances it.
-  const uint64_t e = *reinterpret_cast<volatile uint64_t*>(my + 2 * W + 1) + 1;
+  const uint64_t e = ld_volatile(my + 2 * W + 1) + 1;
   const size_t n16 = a.bytes / 16;
   const char* send = static_cast<const char*>(a.send);
   char* recv = static_cast<char*>(a.recv);
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads, 1) peer_a2a_kernel(const __grid_cons
       __threadfence_system();
       for (int s = 0; s < W; ++s)
         if (s != me) st_release_sys(a.ctrl[s] + W + me, e);
-      *reinterpret_cast<volatile uint64_t*>(my + 2 * W + 1) = e;
+      st_volatile(my + 2 * W + 1, e);
     }
   }
 }
