@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Issue 4's ratio from a distmla_decode log of `tests/mpi/gpu_run.sh` (decode.log): for every
-CP row with a graph-replayed step, step / the one-GPU call of the same shape, -r and -W run before it,
-like for like (the one-GPU 'graph us' from -G) and, for comparison with runs D5-D14, against the
-eager one-GPU 'time us'.   usage: cp_ratio.py decode.log"""
+CP row with a graph-replayed step, step / the one-GPU call of the same shape, -r and -W, like for
+like (the one-GPU 'graph us' from -G; the mean of every such row in the log, as gpu_run.sh runs one
+before and one after the CP rows) and, for comparison with runs D5-D14, against the eager one-GPU
+'time us'.   usage: cp_ratio.py decode.log"""
 import re
 import sys
 
@@ -12,11 +13,10 @@ def opt(cmd, flag, default):
     return m.group(1) if m else default
 
 
-def main(path):
-    one = {}  # (b, S, H, r, W) -> (eager us, graph us or None)
+def rows(path):
+    """Yields (command, fields, one-GPU column names) for each table row of the log."""
     cmd = ""
     tail = []  # names of the one-GPU table's columns after the device name (from its header)
-    out = []
     for line in open(path):
         if line.startswith("## ") and not line.startswith("## rc="):
             cmd = line[3:].strip()
@@ -27,24 +27,37 @@ def main(path):
         if "device" in f and "time us" in line:  # the one-GPU header (device names have spaces)
             tail = re.split(r"\s{2,}", line.split("device", 1)[1].strip())
             continue
-        key = (opt(cmd, "-b", "?"), opt(cmd, "-s", "?"), opt(cmd, "-H", "?"), opt(cmd, "-r", "0"),
-               opt(cmd, "-W", "0"))
-        if re.match(r"^\d+x\d+$", f[0]) and len(f) >= 17:  # distributed row
-            step = f[16]
-            if step == "-" or key not in one:
-                continue
-            eager, graph = one[key]
-            peer = "NCCL" if re.search(r"-P\s+0", cmd) else "default"
-            like = f"{float(step) / graph:.3f}x" if graph else "-"
-            out.append(f"b {key[0]} S {key[1]} h {key[2]} -r {key[3]} -W {key[4]} {f[0]} {f[1]} exchange {peer}: "
-                       f"graph step {step} us; one GPU graph {graph or '-'} us, eager {eager} us; "
-                       f"step / one GPU: {like} like for like, {float(step) / eager:.3f}x vs eager")
-        elif f[0].isdigit() and tail:  # a one-GPU row (distributed rows start with TPxCP)
+        yield cmd, f, tail
+
+
+def key_of(cmd):
+    return (opt(cmd, "-b", "?"), opt(cmd, "-s", "?"), opt(cmd, "-H", "?"), opt(cmd, "-r", "0"),
+            opt(cmd, "-W", "0"))
+
+
+def main(path):
+    one = {}  # (b, S, H, r, W) -> [(eager us, graph us or None)], every one-GPU row of that key
+    for cmd, f, tail in rows(path):
+        if f[0].isdigit() and tail:  # a one-GPU row (distributed rows start with TPxCP)
             col = dict(zip(tail, f[-len(tail):]))
-            if "time us" not in col:
-                continue
-            g = col.get("graph us", "-")
-            one[key] = (float(col["time us"]), float(g) if g != "-" else None)
+            if "time us" in col:
+                g = col.get("graph us", "-")
+                one.setdefault(key_of(cmd), []).append((float(col["time us"]), float(g) if g != "-" else None))
+    out = []
+    for cmd, f, _ in rows(path):
+        key = key_of(cmd)
+        if not (re.match(r"^\d+x\d+$", f[0]) and len(f) >= 17) or f[16] == "-" or key not in one:
+            continue
+        step = float(f[16])
+        eager = sum(e for e, _ in one[key]) / len(one[key])
+        graphs = [g for _, g in one[key] if g]
+        graph = sum(graphs) / len(graphs) if graphs else None
+        peer = "NCCL" if re.search(r"-P\s+0", cmd) else "default"
+        like = f"{step / graph:.3f}x" if graph else "-"
+        shown = "/".join(f"{g:.1f}" for g in graphs) or "-"
+        out.append(f"b {key[0]} S {key[1]} h {key[2]} -r {key[3]} -W {key[4]} {f[0]} {f[1]} exchange {peer}: "
+                   f"graph step {f[16]} us; one GPU graph {shown} us, eager {eager:.1f} us; "
+                   f"step / one GPU: {like} like for like, {step / eager:.3f}x vs eager")
     print("\n".join(out) if out else "no CP row with a graph-replayed step")
 
 

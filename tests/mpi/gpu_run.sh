@@ -17,7 +17,7 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
 done
 [ -z "$NCCL_DIR" ] && NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '*/proc/*' 2>/dev/null | head -1)" 2>/dev/null)
 export LD_LIBRARY_PATH="${LIB_FIRST:+$PWD/$LIB_FIRST:}$PWD/$B/lib:$PWD/$B/distributed:${LD_LIBRARY_PATH:-}:$NCCL_DIR:/usr/local/cuda/lib64:$PWD/$B/rt"
-G=$OUT/gpu.log  # the summary (GRAPH below holds the -G flag)
+G=$OUT/gpu.log  # the summary
 { date -u; nvidia-smi -L; nvidia-smi topo -m; echo "nccl from: $NCCL_DIR"; which mpirun; } > "$G" 2>&1
 ldd $B/examples/decode/distmla_decode | grep -E "not found|nccl|cudart|mpi" >> "$G" 2>&1
 # ROWS (below) picks the timed rows; ROWS=spread skips the suites (TESTS=1 keeps them).
@@ -71,24 +71,38 @@ run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just 
 }
 # ROWS=core: only the loop below (the issue-4 rows, -P 0 and -P 1, -r 0 and 1, -W 1000 and 0; ~4 min);
 # ROWS=target: those plus sub-batches and the all-gather (~5.5 min); default: all rows.
-# ROWS=spread: where the CP step's millisecond stalls are (run D24): each issue-4 row's one-GPU
-# call and CP step at -G 30 and -G 300 (the spread of single replays, per rank; each CP step's
-# merges traced, DISTMLA_PULL_TRACE, and split into decode / wait / merge by
-# scripts/pull_trace.py), the cards' clock-event reasons (nvidia-smi -q -d PERFORMANCE) after
-# each run (~2 min).
+# ROWS=spread: the issue-4 rows timed over equal stretches of the sustained state (~1 s of
+# replays each, after 1 s of warm-up: one GPU -G 300, CP -G 600), in the order one GPU, CP, CP,
+# one GPU; the SM clock and power of both cards sampled every 20 ms (clocks.csv; run start and
+# end in marks.log, Unix seconds); each CP step's merges traced (DISTMLA_PULL_TRACE, split into
+# decode / wait / merge by scripts/pull_trace.py; the raw traces in traces.tgz); the single
+# replays' spread per rank. Run D25 found the CP step's time following the card's power-cap
+# clock over ~0.1-1 s, so shorter windows land on one phase of it (~2 min).
 if [ "$ROWS" = spread ]; then
+  nvidia-smi --query-gpu=timestamp,index,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active \
+    --format=csv,noheader -lms 20 > "$OUT/clocks.csv" 2>&1 &
+  SMI=$!
+  mark() { echo "$(date +%s.%N) $*" >> "$OUT/marks.log"; }
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
-    for g in 30 300; do
-      run timeout 60 $D $a --varlen 0 -n 10 -w 3 -c 0 -r 1 -G $g -W 1000
-      { echo "## after: one GPU $a -G $g"; nvidia-smi -q -d PERFORMANCE; } >> "$OUT/perf.log" 2>&1
-      t="$OUT/pull_trace_h${a##* }_G$g"
-      DISTMLA_PULL_TRACE=16384 DISTMLA_PULL_TRACE_FILE=$t \
-        run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 10 -w 3 -c 0 -k 1 -r 1 -G $g -W 1000
-      { echo "## after: CP 2 $a -G $g"; nvidia-smi -q -d PERFORMANCE; } >> "$OUT/perf.log" 2>&1
-      { echo "## pull trace, CP 2 $a -G $g"; python3 scripts/pull_trace.py "$t".rank*.txt; } >> "$OUT/trace.log" 2>&1
+    for who in one cp cp2 one2; do
+      if [ "${who%2}" = one ]; then
+        mark "start $who $a"
+        run timeout 60 $D $a --varlen 0 -n 10 -w 3 -c 0 -r 1 -G 300 -W 1000
+      else
+        t="$OUT/pull_trace_h${a##* }_$who"
+        mark "start $who $a"
+        DISTMLA_PULL_TRACE=16384 DISTMLA_PULL_TRACE_FILE=$t \
+          run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 10 -w 3 -c 0 -k 1 -r 1 -G 600 -W 1000
+        { echo "## pull trace, CP 2 $a ($who)"; python3 scripts/pull_trace.py "$t".rank*.txt; } >> "$OUT/trace.log" 2>&1
+      fi
+      mark "end $who $a"
     done
+    { echo "## after: $a"; nvidia-smi -q -d PERFORMANCE; } >> "$OUT/perf.log" 2>&1
   done
+  kill $SMI
+  (cd "$OUT" && tar czf traces.tgz pull_trace_* && rm -f pull_trace_*)
   grep -E "^## [^r]|single replays|^ +(1x2|16|64) " "$LOG" >> "$G"
+  python3 scripts/cp_ratio.py "$LOG" >> "$G" 2>&1
   echo "done $(date -u)" >> "$G"
   exit 0
 fi
@@ -97,30 +111,33 @@ fi
 # collective of the same bytes, back to back; -r 1: every layer after the first of a step
 # (the split schedule reused), one GPU and CP alike; -W 1000: the graphs timed after 1 s of
 # their own replays, at the power cap (a busy server; -W 0: in the state the eager steps left,
-# which differs between a one-GPU call and a CP step twice as short). -G 100: timed rounds of
-# ~30 ms; the CP step's time falls as its rounds grow (-G 30 up to 30% slower, run D24: it stalls
-# for milliseconds now and then), so compare CP rows at one -G only. Rows without -P use the
-# default (-P auto: the peer transport, whose all-to-all merge pulls from the peers' windows).
-GRAPH="-G 100"
+# which differs between a one-GPU call and a CP step twice as short). Timed windows of equal
+# length, ~1 s of replays (one GPU -G 300, CP -G 600), each one-GPU row run before and after its
+# CP rows: at the cap the SM clock dips for ~0.25 s about once a second (run D26), so a shorter
+# window lands on one phase of it (runs D19-D24). Rows without -P use the default (-P auto: the
+# peer transport, whose all-to-all merge pulls from the peers' windows).
+G1="-G 300"
+GC="-G 600"
 for rw in "0 1000" "1 1000" "1 0"; do
   r=${rw% *}
-  GW="$GRAPH -W ${rw#* }"
+  W="-W ${rw#* }"
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
-    run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r $GW  # its 'graph us' is what the CP graph step compares with
-    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GW -P 0
+    run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r $G1 $W  # its 'graph us' is what the CP graph step compares with
+    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GC $W -P 0
     # the peer transport (-P 1, also the default): the merge pulls the peer's chunks from its
     # window; its bare column times the mailbox all-to-all, its NCCL bare the NCCL one it wraps
-    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GW -P 1
+    run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 30 -w 3 -c 0 -k 1 -r $r $GC $W -P 1
+    run timeout 60 $D $a --varlen 0 -n 30 -w 3 -c 0 -r $r $G1 $W
   done
 done
 if [ "$ROWS" != core ]; then
   run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2 -P 1
   run dist -t 1 -x 2 -m alltoall -b 32 -s 4096 -H 128 -n 10 -w 3 -k 2 -P 0
   run timeout 60 $D -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0
-  for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k $k $GRAPH; done
-  run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k 1 $GRAPH
+  for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k $k $GC; done
+  run dist -t 1 -x 2 -m allgather -b 16 -s 65536 -H 128 --varlen 0 -n 30 -w 3 -c 0 -k 1 $GC
   run timeout 60 $D -b 64 -s 32768 -H 16 --varlen 0 -n 30 -w 3 -c 0
-  for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 64 -s 32768 -H 16 --varlen 0 -n 30 -w 3 -c 0 -k $k $GRAPH; done
+  for k in 1 2 4; do run dist -t 1 -x 2 -m alltoall -b 64 -s 32768 -H 16 --varlen 0 -n 30 -w 3 -c 0 -k $k $GC; done
 fi
 if [ "$ROWS" = all ]; then
   # correctness + timing at a checkable size (CPU double reference on every rank)
