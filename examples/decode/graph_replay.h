@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <numeric>
 #include <vector>
 
 #include "median.h"
@@ -29,16 +30,17 @@ inline int warm_replays(int warm_ms, double call_us) {
 // rounds hides but which makes short rounds slow (run D24).
 struct StepSpread {
   int n = 0;                  // replays timed one by one
+  double mean_us = 0;         // over all of them: the throughput figure, dips of the clock included
   double median_us = 0, p90_us = 0, max_us = 0;
   int slow = 0;               // replays over 1.5x the median
   double slow_excess_us = 0;  // their time over the median, summed
 };
 
-// "# <who>: N single replays: median, p90, max us; k over 1.5x the median, E us over it in all".
+// "# <who>: N single replays: mean, median, p90, max us; k over 1.5x the median, E us over it in all".
 inline void print_spread(const char* who, const StepSpread& s) {
-  std::printf("# %s: %d single replays: median %.1f, p90 %.1f, max %.1f us; %d over 1.5x the median, %.0f us "
-              "over it in all\n",
-              who, s.n, s.median_us, s.p90_us, s.max_us, s.slow, s.slow_excess_us);
+  std::printf("# %s: %d single replays: mean %.1f, median %.1f, p90 %.1f, max %.1f us; %d over 1.5x the median, "
+              "%.0f us over it in all\n",
+              who, s.n, s.mean_us, s.median_us, s.p90_us, s.max_us, s.slow, s.slow_excess_us);
 }
 
 // Per-replay microseconds of each of kGraphRounds rounds of `replays` back-to-back launches of
@@ -79,6 +81,7 @@ cudaError_t time_rounds(cudaGraphExec_t exec, cudaStream_t st, int warm, int rep
     std::sort(v.begin(), v.end());
     *spread = StepSpread{};
     spread->n = n;
+    spread->mean_us = std::accumulate(one.begin(), one.end(), 0.0) / n;
     spread->median_us = median(one);
     spread->p90_us = v[(n * 9) / 10];
     spread->max_us = v[n - 1];
