@@ -268,13 +268,12 @@ int run(const JobOptions& opt) {
     rel = cr.rel_err;
   }
   const double kv_bytes = static_cast<double>(s.num_blocks) * g.page_size * DMLA_D_QK * 2;
-  constexpr int kVals = 18;
-  const StepSpread& sp = xb.step_spread;
-  const std::vector<double> all = gather(*comm, {median(step_us), median(xchg_us), median(merge_us), wrong, rel,
-                                                 kv_bytes, median(attn_us), xb.exchange_merge_us, xb.bare_us,
-                                                 xb.step_us, xb.bare_wrapped_us, static_cast<double>(sp.n),
-                                                 sp.median_us, sp.p90_us, sp.max_us, static_cast<double>(sp.slow),
-                                                 sp.slow_excess_us, sp.mean_us});
+  std::vector<double> mine = {median(step_us), median(xchg_us), median(merge_us), wrong, rel, kv_bytes,
+                              median(attn_us), xb.exchange_merge_us, xb.bare_us, xb.step_us, xb.bare_wrapped_us};
+  const int kSpreadAt = static_cast<int>(mine.size()), kVals = kSpreadAt + kSpreadValues;
+  mine.resize(kVals);
+  spread_to_values(xb.step_spread, &mine[kSpreadAt]);
+  const std::vector<double> all = gather(*comm, mine);
   int failed = 0;
   if (L.rank == 0) {
     double step = 0, xchg = 0, mrg = 0, nwrong = 0, maxrel = 0, kvmax = 0, attn = 0, xm = 0, bare = 0, gstep = 0,
@@ -348,12 +347,7 @@ int run(const JobOptions& opt) {
                 opt.check ? std::to_string(static_cast<long long>(nwrong)).c_str() : "-", rel_text, gstep_text, xm_text,
                 bare_text, bare_w_text, ratio_text);
     for (int r = 0; r < L.world && gstep > 0; ++r) {
-      const double* v = &all[kVals * r + 11];
-      StepSpread rs;
-      rs.n = static_cast<int>(v[0]);
-      rs.median_us = v[1]; rs.p90_us = v[2]; rs.max_us = v[3];
-      rs.slow = static_cast<int>(v[4]); rs.slow_excess_us = v[5]; rs.mean_us = v[6];
-      print_spread(("graph step, rank " + std::to_string(r)).c_str(), rs);
+      print_spread(("graph step, rank " + std::to_string(r)).c_str(), spread_from_values(&all[kVals * r + kSpreadAt]));
     }
     std::fflush(stdout);
     failed = opt.check && nwrong > 0;

@@ -36,6 +36,21 @@ struct StepSpread {
   double slow_excess_us = 0;  // their time over the median, summed
 };
 
+// A StepSpread as kSpreadValues doubles (to gather it from every rank) and back.
+constexpr int kSpreadValues = 7;
+inline void spread_to_values(const StepSpread& s, double* v) {
+  const double x[kSpreadValues] = {static_cast<double>(s.n), s.mean_us, s.median_us, s.p90_us, s.max_us,
+                                   static_cast<double>(s.slow), s.slow_excess_us};
+  std::copy(x, x + kSpreadValues, v);
+}
+inline StepSpread spread_from_values(const double* v) {
+  StepSpread s;
+  s.n = static_cast<int>(v[0]);
+  s.mean_us = v[1]; s.median_us = v[2]; s.p90_us = v[3]; s.max_us = v[4];
+  s.slow = static_cast<int>(v[5]); s.slow_excess_us = v[6];
+  return s;
+}
+
 // "# <who>: N single replays: mean, median, p90, max us; k over 1.5x the median, E us over it in all".
 inline void print_spread(const char* who, const StepSpread& s) {
   std::printf("# %s: %d single replays: mean %.1f, median %.1f, p90 %.1f, max %.1f us; %d over 1.5x the median, "
