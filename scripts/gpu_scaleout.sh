@@ -1,7 +1,7 @@
 #!/bin/bash
 # Scale-out GPU run (issues 5 and 6): NCCL multi-rank tests and distmla_decode over every TP x CP
 # layout of NP GPUs, next to the one-GPU step of the same run. Logs under $OUT.
-#   NP=4 OUT=... [SHAPES="16 65536,64 32768"] bash scripts/gpu_scaleout.sh [build-dir]   (default build-dist)
+#   NP=4 OUT=... [SHAPES="16 65536,64 32768"] bash scripts/gpu_scaleout.sh [build-dir]   (default build-dist; NP GPUs)
 # All-to-all rows run twice: with the default exchange (-P auto: the CUDA IPC peer path) and -P 0 (NCCL).
 # The build folder may hold carried runtime libraries in <build>/rt (cudart, Open MPI).
 set -u
@@ -18,6 +18,11 @@ export LD_LIBRARY_PATH="$PWD/$B/lib:$PWD/$B/distributed:${LD_LIBRARY_PATH:-}:$NC
 G=$OUT/scaleout.log
 { date -u; nvidia-smi -L; nvidia-smi topo -m; } > "$G" 2>&1
 D=$B/examples/decode/distmla_decode
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
+if [ "$NGPU" -lt "$NP" ]; then  # NCCL takes one GPU a rank
+  echo "NP=$NP needs $NP GPUs, this machine has $NGPU" | tee -a "$G"
+  exit 1
+fi
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -np $NP -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH"
 timeout 200 $MPI $B/tests/mpi/distmla_nccl_tests --gtest_color=no > "$OUT/nccl_tests_np$NP.log" 2>&1
 echo "nccl_tests -np $NP rc=$? ($(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$OUT/nccl_tests_np$NP.log" | tr '\n' ' '))" >> "$G"
@@ -40,7 +45,7 @@ for H in 128 16; do
   done
 done
 # the issue rows, unchecked (-c 0): one GPU, then every layout and merge mode
-IFS=, read -r -a shapes <<< "${SHAPES:-16 65536,64 32768,128 8192}"
+IFS=, read -r -a shapes <<< "${SHAPES-16 65536,64 32768,128 8192}"  # SHAPES="": the checked rows only
 for shape in "${shapes[@]}"; do
   set -- $shape
   for H in 128 16; do

@@ -131,6 +131,12 @@ int run(const JobOptions& opt) {
   if (opt.peer == 1 && !gpus)
     throw Error(dmlaErrorInvalidArgument, "-P 1: the peer exchange needs GPUs (this run is on the CPU path)");
   const int local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", L.rank);
+  // NCCL takes one GPU a rank (two ranks on one GPU fail its init with "invalid usage").
+  const int local_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 0);
+  if (gpus && local_size > ndev)
+    throw Error(dmlaErrorInvalidArgument, "-np: " + std::to_string(local_size) + " ranks on this node but " +
+                                              std::to_string(ndev) + " GPUs; NCCL needs one GPU a rank (start at "
+                                              "most " + std::to_string(ndev) + " a node, or --backend cpu)");
   const int device = gpus ? local_rank % ndev : -1;
   CommOptions copt;
   copt.timeout_ms = 120000;
