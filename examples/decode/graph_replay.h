@@ -26,8 +26,9 @@ inline int warm_replays(int warm_ms, double call_us) {
   return n < 1 ? 1 : (n > 1e6 ? 1000000 : static_cast<int>(n + 0.5));
 }
 
-// The single replays of time_rounds: a step far over the median is a stall, which a median of
-// rounds hides but which makes short rounds slow (run D24).
+// The single replays of time_rounds. At the power cap the clock dips for ~0.25 s about once a
+// second (docs/PERFORMANCE.md, run D26): the mean over a window of ~1 s or more counts the dips
+// as a serving loop meets them; a median of short rounds depends on where they fall.
 struct StepSpread {
   int n = 0;                  // replays timed one by one
   double mean_us = 0;         // over all of them: the throughput figure, dips of the clock included
