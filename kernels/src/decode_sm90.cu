@@ -101,35 +101,68 @@ int combine_spread_smem(int ctas, int num_sms, int smem_per_sm) {
   return smem_per_sm / (cap + 1) + 1024;
 }
 
+// Clusters of y CTAs along the grid's y (a part's row tiles).
+cudaLaunchAttribute cluster_y_attr(int y) {
+  cudaLaunchAttribute a{};
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = 1;
+  a.val.clusterDim.y = y;
+  a.val.clusterDim.z = 1;
+  return a;
+}
+
+// What a launch needs to know of the current device, found once per device and Elem.
+struct DeviceFacts {
+  int smem_per_sm = 0;   // shared memory a multiprocessor
+  int pair_clusters = 0; // 2-CTA clusters of the decode kernels resident at once (0: none / unknown)
+};
+
 // Once per device and Elem (cudaFuncSetAttribute applies to the current device): the kernels'
-// dynamic smem limits; *smem_per_sm gets the device's shared memory a multiprocessor.
+// dynamic smem limits, and the facts above. The cluster count does not depend on the grid; a
+// failed query leaves it 0, which only turns the KV multicast off (use_kv_multicast).
 template <typename Elem>
-cudaError_t device_setup(int* smem_per_sm) {
+cudaError_t device_setup(DeviceFacts* facts) {
   static std::mutex mu;
-  static int per_sm[64] = {};  // 0: not set up yet
+  static DeviceFacts known[64];  // smem_per_sm 0: not set up yet
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
   std::lock_guard<std::mutex> lock(mu);
   const bool cached = dev >= 0 && dev < 64;
-  if (cached && per_sm[dev] > 0) {
-    *smem_per_sm = per_sm[dev];
+  if (cached && known[dev].smem_per_sm > 0) {
+    *facts = known[dev];
     return cudaSuccess;
   }
-  err = cudaDeviceGetAttribute(smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+  DeviceFacts f;
+  err = cudaDeviceGetAttribute(&f.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
   if (err != cudaSuccess) return err;
+  f.pair_clusters = 1 << 30;
   for (auto kernel : {decode_wgmma3_kernel<Elem, false>, decode_wgmma3_kernel<Elem, true>}) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
     if (err != cudaSuccess) return err;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(1, 2);
+    cfg.blockDim = dim3(kThreadsV3);
+    cfg.dynamicSmemBytes = kSmemBytes;
+    cudaLaunchAttribute attr = cluster_y_attr(2);
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();  // not sticky: the multicast stays off, the launch goes on
+      n = 0;
+    }
+    f.pair_clusters = std::min(f.pair_clusters, std::max(n, 0));
   }
-  const int combine_max = combine_spread_smem(1, 1, *smem_per_sm);
+  const int combine_max = combine_spread_smem(1, 1, f.smem_per_sm);
   for (auto kernel : {combine_kernel<Elem, 1, float>, combine_kernel<Elem, 1, uint16_t>,
                       combine_kernel<Elem, 2, float>, combine_kernel<Elem, 2, uint16_t>,
                       combine_kernel<Elem, 4, float>, combine_kernel<Elem, 4, uint16_t>}) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, combine_max);
     if (err != cudaSuccess) return err;
   }
-  if (cached) per_sm[dev] = *smem_per_sm;
+  if (cached) known[dev] = f;
+  *facts = f;
   return cudaSuccess;
 }
 
@@ -160,16 +193,6 @@ void trace_after_launch(cudaStream_t stream) {
 }
 #endif
 
-// Clusters of y CTAs along the grid's y (a part's row tiles).
-cudaLaunchAttribute cluster_y_attr(int y) {
-  cudaLaunchAttribute a{};
-  a.id = cudaLaunchAttributeClusterDimension;
-  a.val.clusterDim.x = 1;
-  a.val.clusterDim.y = y;
-  a.val.clusterDim.z = 1;
-  return a;
-}
-
 // A launch that may start before its predecessor ends (the kernel waits in griddepcontrol.wait),
 // in clusters of cluster_y CTAs along y when cluster_y > 1.
 template <typename Kernel, typename... Args>
@@ -195,36 +218,14 @@ cudaError_t launch_pdl(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaSt
 
 // KV multicast in 2-CTA clusters (Params::kv_multicast) for an even number of row tiles: 2-5%
 // faster at h_q 128 (run 49), by the clock that half the L2 traffic buys. Only if the device holds
-// every cluster of the grid at once (a second wave would double the time; the count is cached
-// per device, it does not depend on the grid). DISTMLA_KV_MULTICAST=0 turns it off.
-template <typename Kernel>
-bool use_kv_multicast(Kernel kernel, dim3 grid) {
+// every cluster of the grid at once (a second wave would double the time). DISTMLA_KV_MULTICAST=0
+// turns it off.
+bool use_kv_multicast(const DeviceFacts& facts, dim3 grid) {
   static const bool on = [] {
     const char* e = std::getenv("DISTMLA_KV_MULTICAST");
     return e == nullptr || std::strcmp(e, "0") != 0;
   }();
-  if (!on || grid.y % 2 != 0) return false;
-  static std::mutex mu;
-  static int max_clusters[64] = {};  // 0: not queried yet, -1: none
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  std::lock_guard<std::mutex> lock(mu);
-  if (max_clusters[dev] == 0) {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kThreadsV3);
-    cfg.dynamicSmemBytes = kSmemBytes;
-    cudaLaunchAttribute attr = cluster_y_attr(2);
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess || n <= 0) {
-      (void)cudaGetLastError();
-      n = -1;
-    }
-    max_clusters[dev] = n;
-  }
-  return max_clusters[dev] > 0 && static_cast<unsigned>(max_clusters[dev]) * 2 >= grid.x * grid.y;
+  return on && grid.y % 2 == 0 && static_cast<long long>(facts.pair_clusters) * 2 >= 1LL * grid.x * grid.y;
 }
 
 // The split combine with kQ warps a row: grid (batch, ceil(rows * kQ / 8)) of 8-warp CTAs; the
@@ -276,8 +277,8 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   p.out_slice_stride = t.slices.out_slice_stride;
   p.lse_slice_stride = t.slices.lse_slice_stride;
 
-  int smem_per_sm = 0;
-  err = device_setup<Elem>(&smem_per_sm);
+  DeviceFacts facts;
+  err = device_setup<Elem>(&facts);
   if (err != cudaSuccess) return err;
   const dim3 grid(w.num_parts, tiles);
   if (kind == KernelKind::kSimple) {
@@ -314,7 +315,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
     auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
-    p.kv_multicast = use_kv_multicast(kernel, grid) ? 1 : 0;
+    p.kv_multicast = use_kv_multicast(facts, grid) ? 1 : 0;
     err = launch_pdl_clusters(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream,
                               p.kv_multicast ? 2 : 1, map, q_map, p);
 #if DISTMLA_DECODE_TRACE
@@ -326,10 +327,11 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   // run 23: one sequence over 66 parts 8% faster; many short splits are faster with 1), or 2
   // when 4 would not fit the SMs in one wave of 4 CTAs each (its 64 registers a thread; run 52:
   // b 16 h_q 128 ran 1024 CTAs of the combine in two waves, 9 us).
-  if (w.num_parts < 4 * s.batch) return launch_combine<Elem, 1>(s.batch, rows, s.num_sms, smem_per_sm, stream, p);
+  const int per_sm = facts.smem_per_sm;
+  if (w.num_parts < 4 * s.batch) return launch_combine<Elem, 1>(s.batch, rows, s.num_sms, per_sm, stream, p);
   const long long ctas4 = static_cast<long long>(s.batch) * ((rows * 4 + 7) / 8);
-  return ctas4 <= 4LL * std::max(s.num_sms, 1) ? launch_combine<Elem, 4>(s.batch, rows, s.num_sms, smem_per_sm, stream, p)
-                                                : launch_combine<Elem, 2>(s.batch, rows, s.num_sms, smem_per_sm, stream, p);
+  return ctas4 <= 4LL * std::max(s.num_sms, 1) ? launch_combine<Elem, 4>(s.batch, rows, s.num_sms, per_sm, stream, p)
+                                                : launch_combine<Elem, 2>(s.batch, rows, s.num_sms, per_sm, stream, p);
 }
 
 }  // namespace
