@@ -33,48 +33,60 @@ __device__ __forceinline__ void copy_share(void* dst, const void* src, size_t n1
   for (size_t i = b + threadIdx.x; i < e; i += kThreads) d[i] = kFromMail ? __ldcg(s + i) : __ldg(s + i);
 }
 
+// A rank's control block (peer_ctrl_bytes): arrived[W], freed[W], done, epoch, failed.
+struct MailCtrl {
+  uint64_t* c;
+  int world;
+  __device__ MailCtrl(const PeerExchangeArgs& a, int r) : c(a.ctrl[r]), world(a.world) {}
+  __device__ uint64_t* arrived(int p) const { return c + p; }  // CTAs of rank p that pushed here
+  __device__ uint64_t* freed(int p) const { return c + world + p; }  // rank p emptied its slot here
+  __device__ unsigned long long* done() const { return reinterpret_cast<unsigned long long*>(c + 2 * world); }
+  __device__ uint64_t* epoch() const { return c + 2 * world + 1; }
+  __device__ uint64_t* failed() const { return c + 2 * world + 2; }
+};
+
 __global__ void __launch_bounds__(kThreads, 1) peer_a2a_kernel(const __grid_constant__ PeerExchangeArgs a) {
   const int W = a.world, me = a.rank;
-  uint64_t* my = a.ctrl[me];  // arrived[W], freed[W], done, epoch, failed
+  const MailCtrl my(a, me);
   __shared__ int failed;
-  if (threadIdx.x == 0) failed = ld_volatile(my + 2 * W + 2) != 0;  // an earlier call
+  if (threadIdx.x == 0) failed = ld_volatile(my.failed()) != 0;  // an earlier call
   __syncthreads();
   if (failed) return;
-  Failure err{a.error, my + 2 * W + 2};
+  Failure err{a.error, my.failed()};
   uint64_t deadline = 0;  // thread 0's, set at its first wait
   // Every CTA reads the epoch before the last one (which waits for all) advances it.
-  const uint64_t e = ld_volatile(my + 2 * W + 1) + 1;
+  const uint64_t e = ld_volatile(my.epoch()) + 1;
   const size_t n16 = a.bytes / 16;
   const char* send = static_cast<const char*>(a.send);
   char* recv = static_cast<char*>(a.recv);
   // 1. push
   for (int j = 1; j < W; ++j) {
     const int p = (me + j) % W;
-    if (!wait_ge(my + W + p, e - 1, deadline, a.timeout_ns, err, kPeerErrFreeTimeout | p)) return;
+    if (!wait_ge(my.freed(p), e - 1, deadline, a.timeout_ns, err, kPeerErrFreeTimeout | p)) return;
     copy_share<false>(static_cast<char*>(a.mail[p]) + me * a.slot_bytes, send + p * a.bytes, n16);
     __syncthreads();
     if (threadIdx.x == 0) {
       __threadfence_system();
-      red_add_release_sys(a.ctrl[p] + me, 1);
+      red_add_release_sys(MailCtrl(a, p).arrived(me), 1);
     }
   }
   copy_share<false>(recv + me * a.bytes, send + me * a.bytes, n16);
   // 2. receive
   for (int j = 1; j < W; ++j) {
     const int s = (me + W - j) % W;
-    if (!wait_ge(my + s, e * gridDim.x, deadline, a.timeout_ns, err, kPeerErrArriveTimeout | s)) return;
+    if (!wait_ge(my.arrived(s), e * gridDim.x, deadline, a.timeout_ns, err, kPeerErrArriveTimeout | s)) return;
     copy_share<true>(recv + s * a.bytes, static_cast<const char*>(a.mail[me]) + s * a.slot_bytes, n16);
   }
   // 3. release the slots (the last CTA, once every CTA's mailbox reads are done)
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
-    const unsigned long long prev = atomicAdd(reinterpret_cast<unsigned long long*>(my + 2 * W), 1ull);
+    const unsigned long long prev = atomicAdd(my.done(), 1ull);
     if (prev + 1 == e * gridDim.x) {
       __threadfence_system();
       for (int s = 0; s < W; ++s)
-        if (s != me) st_release_sys(a.ctrl[s] + W + me, e);
-      st_volatile(my + 2 * W + 1, e);
+        if (s != me) st_release_sys(MailCtrl(a, s).freed(me), e);
+      st_volatile(my.epoch(), e);
     }
   }
 }
