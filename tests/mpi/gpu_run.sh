@@ -85,12 +85,11 @@ if [ "$ROWS" = spread ]; then
   mark() { echo "$(date +%s.%N) $*" >> "$OUT/marks.log"; }
   for a in "-b 16 -s 65536 -H 128" "-b 64 -s 32768 -H 16"; do
     for who in one cp cp2 one2; do
+      mark "start $who $a"
       if [ "${who%2}" = one ]; then
-        mark "start $who $a"
         run timeout 60 $D $a --varlen 0 -n 10 -w 3 -c 0 -r 1 -G 300 -W 1000
       else
         t="$OUT/pull_trace_h${a##* }_$who"
-        mark "start $who $a"
         DISTMLA_PULL_TRACE=16384 DISTMLA_PULL_TRACE_FILE=$t \
           run dist -t 1 -x 2 -m alltoall $a --varlen 0 -n 10 -w 3 -c 0 -k 1 -r 1 -G 600 -W 1000
         { echo "## pull trace, CP 2 $a ($who)"; python3 scripts/pull_trace.py "$t".rank*.txt; } >> "$OUT/trace.log" 2>&1
