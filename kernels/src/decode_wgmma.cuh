@@ -288,25 +288,35 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       if (n == e - 1) release_q();
 
       // ---- mask, local row max, exchange ----
+      // Maxima of the raw S (scale > 0: they scale after), the mask only in a block that reaches
+      // past a row's last token; the scale goes into the exponent's FMA. Each instruction cut
+      // from this chain shows (run 53).
       float ml[2] = {NEG_INF, NEG_INF};
+      const int rel[2] = {lim[0] - (n * kBlockN + 32 * wg + cq), lim[1] - (n * kBlockN + 32 * wg + cq)};
+      if (__any_sync(0xffffffffu, min(rel[0], rel[1]) < 32)) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 4; ++j) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+          for (int h = 0; h < 2; ++h) {
 #pragma unroll
-          for (int x = 0; x < 2; ++x) {
-            int tok = n * kBlockN + 32 * wg + 8 * j + cq + x;
-            float v = s[4 * j + 2 * h + x] * p.scale_log2;
-            v = tok < lim[h] ? v : NEG_INF;
-            s[4 * j + 2 * h + x] = v;
-            ml[h] = fmaxf(ml[h], v);
+            for (int x = 0; x < 2; ++x) {
+              const float v = 8 * j + x < rel[h] ? s[4 * j + 2 * h + x] : NEG_INF;
+              s[4 * j + 2 * h + x] = v;
+              ml[h] = fmaxf(ml[h], v);
+            }
           }
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) ml[h] = fmaxf(ml[h], fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
         }
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 1));
-        ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 2));
+        ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 2)) * p.scale_log2;
         if ((lane & 3) == 0) sMax[wg * kBlockM + r0 + 8 * h] = ml[h];
       }
       consumer_sync();
@@ -323,17 +333,17 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         const float mx = fmaxf(ml[h], other);
         corr[h] = 1.f;
         if (mx > mrow[h] + kLazyLog2) {  // also the first finite max (mrow -inf: corr 0)
-          corr[h] = exp2f(mrow[h] - mx);
+          corr[h] = ex2_ftz(mrow[h] - mx);
           mrow[h] = mx;
           moved = true;
         }
-        const float base_h = mrow[h] == NEG_INF ? 0.f : mrow[h];
+        const float nbase = mrow[h] == NEG_INF ? 0.f : -mrow[h];
         lrow[h] *= corr[h];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
 #pragma unroll
           for (int x = 0; x < 2; ++x) {
-            float pv = exp2f(s[4 * j + 2 * h + x] - base_h);
+            float pv = ex2_ftz(fmaf(s[4 * j + 2 * h + x], p.scale_log2, nbase));
             s[4 * j + 2 * h + x] = pv;
             lrow[h] += pv;
           }
