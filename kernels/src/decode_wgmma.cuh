@@ -44,6 +44,15 @@ __device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t sQ, uint32
   }
 }
 
+// v6's S exchange: a warpgroup's partial S of the other's 32 tokens (acc[kFrom ..], a float4 per
+// thread and token group: conflict-free) out to smem.
+template <int kFrom>
+__device__ __forceinline__ void put_partial(const float (&acc)[32], uint8_t* slot, int t) {
+  float4* out = reinterpret_cast<float4*>(slot);
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    out[j * 128 + t] = make_float4(acc[kFrom + 4 * j], acc[kFrom + 4 * j + 1], acc[kFrom + 4 * j + 2], acc[kFrom + 4 * j + 3]);
+}
 // v6 Q K^T (see decode_wgmma3_kernel): s = this warpgroup's 32 tokens of S = Q K^T, summed over
 // both warpgroups' halves of the 576 dims. x_q: Q's rope chunk in smem (warpgroup 0's exchange
 // slot), x_kv: the stage's rope chunk (warpgroup 1's); t = thread in the warpgroup; full, par:
@@ -73,19 +82,18 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
   }
   reg_fence(acc);
   // acc[4j + 2h + x] is (row r0 + 8h, token 8j + cq + x): groups j 0-3 are warpgroup 0's tokens,
-  // 4-7 warpgroup 1's. Selects with constant indices keep acc in registers.
-  float4* out = reinterpret_cast<float4*>(wg == 0 ? x_q : x_kv);
-  const float4* in = reinterpret_cast<const float4*>(wg == 0 ? x_kv : x_q);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    float v[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) v[k] = wg == 0 ? acc[16 + 4 * j + k] : acc[4 * j + k];
-    out[j * 128 + t] = make_float4(v[0], v[1], v[2], v[3]);
+  // 4-7 warpgroup 1's. The stores take a branch a warpgroup instead of a select an element (16
+  // instructions fewer in the chain; the adds kept as selects: as a branch they spilled, run 54);
+  // constant indices keep acc in registers.
+  if (wg == 0) {
+    put_partial<16>(acc, x_q, t);
+  } else {
+    put_partial<0>(acc, x_kv, t);
   }
   // Both halves are written. (Warpgroup 1's proxy fence for its stores into the stage, needed
   // before the TMA refills it, comes at the stage release, off this critical path.)
   consumer_sync();
+  const float4* in = reinterpret_cast<const float4*>(wg == 0 ? x_kv : x_q);
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const float4 o = in[j * 128 + t];
