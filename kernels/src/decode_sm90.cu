@@ -76,8 +76,11 @@ EncodeTiledFn get_encode_fn() {
 // v9 after FlashMLA's schedule in dfcd493),
 // v8 "small" (transposed products for <= 32 query rows; fab1846), b32 (32-token blocks in four
 // stages with Q K^T(n + 1) before softmax(n); ea4124f, run 40), v3 in a 2-CTA cluster with TMA
-// multicast and whole-stage barriers (run 8; v6's per-chunk version is kept: run 49), and a plain
-// cluster launch of a part's row tiles (run 14).
+// multicast and whole-stage barriers (run 8; v6's per-chunk version is kept: run 49), a plain
+// cluster launch of a part's row tiles (run 14), and v10 "ddim" (a 2-CTA cluster splitting the
+// 576 dims for 128 rows: three 36-40 KB stages and FA3's order, but partial S or exponential
+// factors crossing to the peer CTA every block; branch exp/ddim, dfe8909 / ed72363 / 38c1184;
+// run 53).
 enum class KernelKind { kDSplit, kTSplit, kSimple };
 KernelKind kernel_kind() {
   static KernelKind k = [] {

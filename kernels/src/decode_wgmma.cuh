@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       // ---- mask, local row max, exchange ----
       // Maxima of the raw S (scale > 0: they scale after), the mask only in a block that reaches
       // past a row's last token; the scale goes into the exponent's FMA. Each instruction cut
-      // from this chain shows (run 53).
+      // from this chain shows (run 54).
       float ml[2] = {NEG_INF, NEG_INF};
       const int rel[2] = {lim[0] - (n * kBlockN + 32 * wg + cq), lim[1] - (n * kBlockN + 32 * wg + cq)};
       if (__any_sync(0xffffffffu, min(rel[0], rel[1]) < 32)) {
