@@ -9,18 +9,19 @@
 
 namespace distmla::kernels::detail {
 
-// Epilogue of the wgmma kernels: this warpgroup's 256 output columns of rows r0 and r0 + 8,
-// normalised by inv; straight to out/lse when the sequence has one split, else to the partials.
+// Epilogue of the wgmma kernels: output columns [256 col_half, +256) of rows r0 and r0 + 8 of
+// 64-row tile `tile`, normalised by inv; straight to out/lse when the sequence has one split, else
+// to the partials. lse is written where write_lse.
 template <typename Elem>
 __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128], const float (&inv)[2],
-                                           const float (&lse_r)[2], int i, int tile, int r0, int cq, int wg,
-                                           int lane, bool direct, size_t slot) {
+                                           const float (&lse_r)[2], int i, int tile, int r0, int cq, int col_half,
+                                           bool write_lse, int lane, bool direct, size_t slot) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int gr = tile * kBlockM + r0 + 8 * h;
     if (gr >= p.rows) continue;
     const RowDst d = row_dst(p, i, gr, direct, slot);
-    const size_t orow = d.o + wg * 256 + cq;  // this thread's first column
+    const size_t orow = d.o + col_half * 256 + cq;  // this thread's first column
     if (p.out_fp32) {
       float* out = static_cast<float*>(d.base) + orow;
 #pragma unroll
@@ -34,7 +35,7 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
         out[4 * j] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
       }
     }
-    if (wg == 0 && (lane % 4) == 0) *d.lse = lse_r[h];
+    if (write_lse && (lane % 4) == 0) *d.lse = lse_r[h];
   }
 }
 

@@ -40,6 +40,7 @@
 #include "decode_layout.cuh"
 #include "decode_simple.cuh"
 #include "decode_wgmma.cuh"
+#include "decode_ddim.cuh"
 #include "distmla/kernels/decode.h"
 #include "schedule.cuh"
 
@@ -78,11 +79,12 @@ EncodeTiledFn get_encode_fn() {
 // stages with Q K^T(n + 1) before softmax(n); ea4124f, run 40), v3 in a 2-CTA cluster with TMA
 // multicast and whole-stage barriers (run 8; v6's per-chunk version is kept: run 49), and a plain
 // cluster launch of a part's row tiles (run 14).
-enum class KernelKind { kDSplit, kTSplit, kSimple };
+enum class KernelKind { kDSplit, kTSplit, kSimple, kDDim };
 KernelKind kernel_kind() {
   static KernelKind k = [] {
     const char* e = std::getenv("DISTMLA_DECODE_KERNEL");
     if (e != nullptr && std::strcmp(e, "simple") == 0) return KernelKind::kSimple;
+    if (e != nullptr && std::strcmp(e, "ddim") == 0) return KernelKind::kDDim;
     if (e != nullptr && std::strcmp(e, "tsplit") == 0) return KernelKind::kTSplit;
     return KernelKind::kDSplit;
   }();
@@ -115,6 +117,7 @@ cudaLaunchAttribute cluster_y_attr(int y) {
 struct DeviceFacts {
   int smem_per_sm = 0;   // shared memory a multiprocessor
   int pair_clusters = 0; // 2-CTA clusters of the decode kernels resident at once (0: none / unknown)
+  int ddim_clusters = 0; // likewise for the ddim kernel (decode_ddim.cuh)
 };
 
 // Once per device and Elem (cudaFuncSetAttribute applies to the current device): the kernels'
@@ -153,6 +156,21 @@ cudaError_t device_setup(DeviceFacts* facts) {
       n = 0;
     }
     f.pair_clusters = std::min(f.pair_clusters, std::max(n, 0));
+  }
+  {
+    err = cudaFuncSetAttribute(decode_ddim_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kDdSmemBytes);
+    if (err != cudaSuccess) return err;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(1, 2);
+    cfg.blockDim = dim3(kThreadsV3);
+    cfg.dynamicSmemBytes = kDdSmemBytes;
+    cudaLaunchAttribute attr = cluster_y_attr(2);
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&f.ddim_clusters, decode_ddim_kernel<Elem>, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();
+      f.ddim_clusters = 0;
+    }
   }
   const int combine_max = combine_spread_smem(1, 1, f.smem_per_sm);
   for (auto kernel : {combine_kernel<Elem, 1, float>, combine_kernel<Elem, 1, uint16_t>,
@@ -315,10 +333,26 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     cr = encode(&q_map, dtype, 3, const_cast<void*>(t.q), qdim, qstride, qbox, qestride, CU_TENSOR_MAP_INTERLEAVE_NONE,
                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
-    auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
-    p.kv_multicast = use_kv_multicast(facts, grid) ? 1 : 0;
-    err = launch_pdl_clusters(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream,
-                              p.kv_multicast ? 2 : 1, map, q_map, p);
+    // ddim: pairs of 64-row tiles as 2-CTA clusters, when the rows fill such pairs and every
+    // cluster of the grid is resident at once; else v6.
+    if (kind == KernelKind::kDDim && tiles % 2 == 0 && 1LL * facts.ddim_clusters * 2 >= 1LL * grid.x * grid.y) {
+      // Q's rope dims [512 + 32 half, +32) of 64 rows a box, 64-byte swizzle (decode_ddim.cuh)
+      CUtensorMap q_rope_map;
+      std::memset(&q_rope_map, 0, sizeof(q_rope_map));
+      cuuint32_t rbox[3] = {32, static_cast<cuuint32_t>(kBlockM), 1};
+      cr = encode(&q_rope_map, dtype, 3, const_cast<void*>(t.q), qdim, qstride, rbox, qestride,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
+      p.kv_multicast = 0;
+      err = launch_pdl_clusters(decode_ddim_kernel<Elem>, grid, dim3(kThreadsV3), static_cast<size_t>(kDdSmemBytes),
+                                stream, 2, map, q_map, q_rope_map, p);
+    } else {
+      auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
+      p.kv_multicast = use_kv_multicast(facts, grid) ? 1 : 0;
+      err = launch_pdl_clusters(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream,
+                                p.kv_multicast ? 2 : 1, map, q_map, p);
+    }
 #if DISTMLA_DECODE_TRACE
     if (err == cudaSuccess) trace_after_launch(stream);
 #endif

@@ -421,7 +421,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       stage_rows_16bit<Elem>(p, o, inv, lse_r, i, tile, r0, wg, warp_in_wg, lane, direct, slot,
                              sKV0 + last * kTileBytes, o_full0 + 8 * last);
     } else {
-      write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, direct, slot);
+      write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, wg == 0, lane, direct, slot);
     }
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqEnd);
     DMLA_TRACE_MAX(lane == 0 && nseq < 8, kTrSeq + 8 * nseq + kSeqLastWarp);

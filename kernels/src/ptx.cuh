@@ -76,6 +76,34 @@ __device__ __forceinline__ void mbar_arrive_peer(uint32_t bar, uint32_t peer) {
       "r"(peer)
       : "memory");
 }
+// The address in the peer CTA's smem (shared::cluster window) of this CTA's smem address addr.
+__device__ __forceinline__ uint32_t mapa_peer(uint32_t addr, uint32_t peer) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(peer));
+  return r;
+}
+// Four words into another CTA's smem at cluster address addr, completing 16 bytes on its barrier
+// at cluster address bar (the receiver armed it with expect-tx; the data is visible once its phase
+// completes, as with a TMA load).
+__device__ __forceinline__ void st_async_v4(uint32_t addr, uint32_t bar, float a, float b, float c, float d) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%2, %3, %4, %5}, [%1];\n" ::"r"(
+                   addr),
+               "r"(bar), "r"(__float_as_uint(a)), "r"(__float_as_uint(b)), "r"(__float_as_uint(c)),
+               "r"(__float_as_uint(d))
+               : "memory");
+}
+// An arrival on the barrier at cluster address bar (another CTA's), releasing at CTA scope: enough
+// to order this thread's smem reads before a peer's st.async overwrites them (a cluster-scope
+// release costs a GPU-wide memory barrier a call).
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t bar) {
+  asm volatile("mbarrier.arrive.release.cta.shared::cluster.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// 2^x with denormal results flushed to zero (one MUFU.EX2; exp2f adds a range fix-up around it).
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
   asm volatile(DMLA_MBAR_WAIT_LOOP(".acquire.cluster") ::"r"(bar), "r"(parity) : "memory");
 }
@@ -135,19 +163,23 @@ __device__ __forceinline__ void wgmma_commit() {
 __device__ __forceinline__ void wgmma_wait0() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
+// All but the newest committed group of this warpgroup's products are complete.
+__device__ __forceinline__ void wgmma_wait1() {
+  asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+}
 template <int N>
 __device__ __forceinline__ void reg_fence(float (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-// Shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63).
-__device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+// Shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63; 2: 64-byte).
+__device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo, uint32_t layout = 1) {
   uint64_t d = 0;
   d |= static_cast<uint64_t>((saddr & 0x3FFFF) >> 4);
   d |= static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16;
   d |= static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32;
-  d |= static_cast<uint64_t>(1) << 62;
+  d |= static_cast<uint64_t>(layout) << 62;
   return d;
 }
 
@@ -171,6 +203,9 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_bf16_tb(d, da, db, 1);
   }
+  static __device__ __forceinline__ void pv_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
+    detail::wgmma_m64n256k16_rs_bf16_tb(d, a, db, 1);
+  }
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __uint_as_float(static_cast<uint32_t>(h) << 16);
   }
@@ -193,6 +228,9 @@ struct ElemTraits<__half> {
   }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_f16_tb(d, da, db, 1);
+  }
+  static __device__ __forceinline__ void pv_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
+    detail::wgmma_m64n256k16_rs_f16_tb(d, a, db, 1);
   }
   static __device__ __forceinline__ float to_float(uint16_t h) {
     return __half2float(__ushort_as_half(h));
