@@ -7,12 +7,16 @@
 // only its share of every KV block: V columns [256 half, +256) (4 chunks) and the rope chunk, 40 KB
 // a stage, and Q's matching 4 chunks for all 128 rows (64 KB). Three stages fit, and each
 // warpgroup owns whole rows (warpgroup r: rows 64 r .. 64 r + 63 of the pair), so the two
-// warpgroups of a CTA never wait for each other. The price: Q K^T over a CTA's dims is a partial
-// sum, which each warpgroup sends to its twin in the peer CTA (st.async into the peer's smem,
-// completing on its barrier) and adds the twin's; both CTAs then run the same softmax (fp32 adds
-// commute, so they agree bit for bit) and each adds P V into its 256 columns.
-// Per block, FA3's order: Q K^T(n + 1) is issued before the softmax of n, whose exchange was sent
-// a block earlier, so the tensor pipe works through the chain; P V(n) takes P from registers.
+// warpgroups of a CTA never wait for each other.
+// The price: Q K^T over a CTA's dims is a partial sum S_c. exp(S_0 + S_1) = exp(S_0) exp(S_1), so
+// each CTA exponentiates its own partial against a lazy per-row base of its own (E_c =
+// 2^(S_c - b_c) <= 2^7), sends E_c as bf16 with its bases to its twin warpgroup in the peer CTA
+// (st.async into the peer's smem, completing on its barrier), and both form the same P = E_0 E_1
+// at base b_0 + b_1 (fp32 products commute, so the CTAs agree bit for bit); each adds P V into
+// its 256 columns. bf16 factors keep fp32's range (a factor far below its base may still meet a
+// large one) at half the bytes of an fp32 partial S: measured, the fp32 exchange cost 13%.
+// Per block, FA3's order: Q K^T(n + 1) is issued before P(n) is formed, the exponentials of
+// n + 1 run beside P V(n), and P V(n) takes P from registers.
 // Dims per CTA: its 4 V chunks plus half of the rope chunk (2 of its 4 k-steps), 288 of 576, so
 // both CTAs do the same work; Q's rope half is a [128 rows][32 dims] tile with a 64-byte swizzle.
 #include <cuda.h>
@@ -27,10 +31,6 @@
 #include "ptx.cuh"
 #include "schedule.cuh"
 
-#ifndef DDIM_EXP
-#define DDIM_EXP 0
-#endif
-
 namespace distmla::kernels::detail {
 
 constexpr int kDdRows = 2 * kBlockM;                    // query rows of a cluster pair
@@ -38,7 +38,7 @@ constexpr int kDdChunks = 5;                            // a CTA's KV chunks: 4 
 constexpr int kDdStageBytes = kDdChunks * kChunkBytes;  // 40 KB
 constexpr int kDdStages = 3;
 constexpr int kDdQBytes = 2 * 4 * kChunkBytes;          // [warpgroup][4 chunks][64 rows][64 dims]
-constexpr int kDdXBytes = kBlockM * kBlockN * 4;        // one warpgroup's partial S (fp32)
+constexpr int kDdXBytes = 128 * 72;                     // a warpgroup's message: per thread 16 words of E, 2 bases
 constexpr int kDdRopeBytes = kBlockM * 64;              // a warpgroup's rows of Q's rope half
 constexpr int kDdBarBytes = 128;
 constexpr int kDdSmemBytes =
@@ -208,38 +208,36 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       }
       wgmma_commit();
     };
-    // Exchange kb: this partial S into the twin's buffer (once the twin has read exchange kb - 1)...
-    auto send = [&](const float (&s)[32], uint32_t kb) {
-      if (DDIM_EXP == 1) return;
-      if (DDIM_EXP == 3) {  // timing bound: plain remote stores, no synchronisation
-        const uint32_t to = mapa_peer(x_mine + t * 16, peer);
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(to + j * 2048), "f"(s[4 * j]),
-                       "f"(s[4 * j + 1]), "f"(s[4 * j + 2]), "f"(s[4 * j + 3])
-                       : "memory");
-        return;
-      }
+    // Exchange kb: this thread's factors (bf16 pairs in accumulator order) and row bases into the
+    // twin's buffer, once the twin has read exchange kb - 1 (x_free). Layout: [4][128] uint4, then
+    // [128] float2, so that each warp's stores and loads are contiguous.
+    auto send = [&](const uint32_t (&ew)[16], const float (&b)[2], uint32_t kb) {
       if (kb > 0) mbar_wait(x_free, (kb - 1) & 1);  // no data to acquire: CTA scope (no L1 invalidation)
       const uint32_t to = mapa_peer(x_mine + t * 16, peer), bar = mapa_peer(x_full, peer);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) st_async_v4(to + j * 128 * 16, bar, s[4 * j], s[4 * j + 1], s[4 * j + 2], s[4 * j + 3]);
+      for (int j = 0; j < 4; ++j)
+        st_async_v4(to + j * 2048, bar, __uint_as_float(ew[4 * j]), __uint_as_float(ew[4 * j + 1]),
+                    __uint_as_float(ew[4 * j + 2]), __uint_as_float(ew[4 * j + 3]));
+      st_async_v2(mapa_peer(x_mine + 4 * 2048 + t * 8, peer), bar, b[0], b[1]);
     };
-    // ... and the twin's partial added to this one's; then the buffer is re-armed and handed back.
-    auto receive = [&](float (&s)[32], uint32_t kb) {
-      if (DDIM_EXP != 1 && DDIM_EXP != 3) mbar_wait(x_full, kb & 1);  // completed by the st.async bytes, like a TMA load
-      const float4* in = reinterpret_cast<const float4*>(gbase + (x_mine - base));
+    // ... and the twin's, once they have landed; then the buffer is re-armed and handed back.
+    auto receive = [&](uint32_t (&ew)[16], float (&b)[2], uint32_t kb) {
+      mbar_wait(x_full, kb & 1);  // completed by the st.async bytes, like a TMA load
+      const uint4* in = reinterpret_cast<const uint4*>(gbase + (x_mine - base));
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float4 v = in[j * 128 + t];
-        s[4 * j] += v.x;
-        s[4 * j + 1] += v.y;
-        s[4 * j + 2] += v.z;
-        s[4 * j + 3] += v.w;
+      for (int j = 0; j < 4; ++j) {
+        const uint4 v = in[j * 128 + t];
+        ew[4 * j] = v.x;
+        ew[4 * j + 1] = v.y;
+        ew[4 * j + 2] = v.z;
+        ew[4 * j + 3] = v.w;
       }
+      const float2 bb = reinterpret_cast<const float2*>(gbase + (x_mine - base) + 4 * 2048)[t];
+      b[0] = bb.x;
+      b[1] = bb.y;
       __syncwarp();
-      if (DDIM_EXP != 1 && DDIM_EXP != 3 && t == 0) mbar_arrive_expect_tx(x_full, kDdXBytes);  // the next exchange's phase
-      if (DDIM_EXP != 1 && DDIM_EXP != 3 && lane == 0) mbar_arrive_remote(mapa_peer(x_free, peer));
+      if (t == 0) mbar_arrive_expect_tx(x_full, kDdXBytes);  // the next exchange's phase
+      if (lane == 0) mbar_arrive_remote(mapa_peer(x_free, peer));
     };
 
     for (int i = seq_begin; i < seq_end; ++i, ++nseq) {
@@ -258,22 +256,16 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       float o[128];
 #pragma unroll
       for (int c = 0; c < 128; ++c) o[c] = 0.f;
-      float mrow[2] = {NEG_INF, NEG_INF};
-      float lrow[2] = {0.f, 0.f};
+      float bm[2] = {NEG_INF, NEG_INF};  // this CTA's row bases (log2 units) for its partial S
+      float bp[2] = {NEG_INF, NEG_INF};  // the twin's, as of the last exchange received
+      float lrow[2] = {0.f, 0.f};        // this thread's share of the row sums of P (base bm + bp)
+      float corr_m[2] = {1.f, 1.f};      // what moving bm for the block in hand does to O (applied with it)
+      uint32_t em[16];                   // E of the block in hand (bf16 pairs, accumulator order)
 
-      // One block: S(n) complete (twin's partial added), softmax into P (registers), P V(n)
-      // issued; with `more`, Q K^T(n + 1) runs meanwhile and its partial goes to the twin.
-      auto step = [&](float (&sc)[32], float (&sn)[32], int n, auto more_c) {
-        constexpr bool more = decltype(more_c)::value;  // a constant: no branch joins with products in flight
-        if constexpr (more) {
-          prepare(k + 1, L, n + 1);
-          qk_issue(sn, k + 1);
-        }
-        receive(sc, k);
-        if (DDIM_EXP == 2) goto pack_p;  // timing bound: no softmax (wrong results)
-        {
-        // Row maxima of the raw S (scale > 0, so they scale after); the mask only in blocks that
-        // reach past a row's last token.
+      // E = 2^(S scale - bm) of block n's partial S (which it overwrites), masked past each row's
+      // last token; bm moves (lazily, as in v6) only when a row's max passes it by 2^7, so E <= 2^7
+      // and P = E E' <= 2^14, within fp16 too.
+      auto factors = [&](float (&sv)[32], int n) {
         float ml[2] = {NEG_INF, NEG_INF};
         const int rel[2] = {lim[0] - (n * kBlockN + cq), lim[1] - (n * kBlockN + cq)};  // tokens of the row left
         if (__any_sync(0xffffffffu, min(rel[0], rel[1]) < kBlockN)) {
@@ -283,8 +275,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
             for (int h = 0; h < 2; ++h) {
 #pragma unroll
               for (int x = 0; x < 2; ++x) {
-                const float v = 8 * j + x < rel[h] ? sc[4 * j + 2 * h + x] : NEG_INF;
-                sc[4 * j + 2 * h + x] = v;
+                const float v = 8 * j + x < rel[h] ? sv[4 * j + 2 * h + x] : NEG_INF;
+                sv[4 * j + 2 * h + x] = v;
                 ml[h] = fmaxf(ml[h], v);
               }
             }
@@ -293,35 +285,49 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
 #pragma unroll
-            for (int h = 0; h < 2; ++h) ml[h] = fmaxf(ml[h], fmaxf(sc[4 * j + 2 * h], sc[4 * j + 2 * h + 1]));
+            for (int h = 0; h < 2; ++h) ml[h] = fmaxf(ml[h], fmaxf(sv[4 * j + 2 * h], sv[4 * j + 2 * h + 1]));
           }
         }
-        // Lazy rescaling as in v6 (the base moves only when the max passes it by 2^8).
-        constexpr float kLazyLog2 = 8.f;
-        float corr[2];
-        bool moved = false;
+        constexpr float kLazyLog2 = 7.f;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 1));
           ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 2));
-          const float mx = ml[h] * p.scale_log2;
-          corr[h] = 1.f;
-          if (mx > mrow[h] + kLazyLog2) {  // also the first finite max (mrow -inf: corr 0)
-            corr[h] = ex2_ftz(mrow[h] - mx);
-            mrow[h] = mx;
-            moved = true;
+          const float mx = ml[h] * p.scale_log2;  // scale > 0: the max of the scaled row
+          corr_m[h] = 1.f;
+          if (mx > bm[h] + kLazyLog2) {  // also the first finite max (bm -inf: corr 0)
+            corr_m[h] = ex2_ftz(bm[h] - mx);
+            bm[h] = mx;
           }
-          const float nbase = mrow[h] == NEG_INF ? 0.f : -mrow[h];
+          const float nb = bm[h] == NEG_INF ? 0.f : -bm[h];
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+            em[2 * j + h] = ElemTraits<__nv_bfloat16>::pack(ex2_ftz(fmaf(sv[4 * j + 2 * h], p.scale_log2, nb)),
+                                                           ex2_ftz(fmaf(sv[4 * j + 2 * h + 1], p.scale_log2, nb)));
+        }
+      };
+
+      // One block: the twin's factors of block n received, P(n) = E E' formed (O and the sums
+      // rescaled first if either base moved) and P V(n) issued; with `more`, Q K^T(n + 1) runs
+      // meanwhile, and its factors are computed beside P V(n) and sent.
+      float sv[32];
+      auto step = [&](int n, auto more_c) {
+        constexpr bool more = decltype(more_c)::value;  // a constant: no branch joins with products in flight
+        if constexpr (more) {
+          prepare(k + 1, L, n + 1);
+          qk_issue(sv, k + 1);
+        }
+        uint32_t ep[16];
+        float bn[2];
+        receive(ep, bn, k);
+        float corr[2];
+        bool moved = false;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          corr[h] = corr_m[h] * (bn[h] == bp[h] ? 1.f : ex2_ftz(bp[h] - bn[h]));
+          moved |= corr[h] != 1.f;
+          bp[h] = bn[h];
           lrow[h] *= corr[h];
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-#pragma unroll
-            for (int x = 0; x < 2; ++x) {
-              const float pv = ex2_ftz(fmaf(sc[4 * j + 2 * h + x], p.scale_log2, nbase));
-              sc[4 * j + 2 * h + x] = pv;
-              lrow[h] += pv;
-            }
-          }
         }
         if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
@@ -332,13 +338,14 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
             o[4 * j + 3] *= corr[1];
           }
         }
-        }
-      pack_p:
-        uint32_t pa[4][4];  // P as P V's A fragments: k-step kk = tokens 16 kk .. 16 kk + 15
+        uint32_t pa[4][4];  // P as P V's A fragments: k-step kk = tokens 16 kk .. 16 kk + 15 = words 4 kk ..
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-          for (int q4 = 0; q4 < 4; ++q4) pa[kk][q4] = ElemTraits<Elem>::pack(sc[8 * kk + 2 * q4], sc[8 * kk + 2 * q4 + 1]);
+        for (int w = 0; w < 16; ++w) {
+          const __nv_bfloat162 x = *reinterpret_cast<const __nv_bfloat162*>(&em[w]);
+          const __nv_bfloat162 y = *reinterpret_cast<const __nv_bfloat162*>(&ep[w]);
+          const float p0 = __low2float(x) * __low2float(y), p1 = __high2float(x) * __high2float(y);
+          lrow[w % 2] += p0 + p1;
+          pa[w / 4][w % 4] = ElemTraits<Elem>::pack(p0, p1);
         }
         const uint32_t sK = sKV0 + (k % kDdStages) * kDdStageBytes;
         reg_fence(o);
@@ -349,9 +356,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         wgmma_commit();
         if constexpr (more) {
           wgmma_wait1();
-          reg_fence(sn);
+          reg_fence(sv);
           if (n + 1 == e - 1) release_q();
-          send(sn, k + 1);
+          factors(sv, n + 1);
+          send(em, bm, k + 1);
         }
         wgmma_wait0();
         reg_fence(o);
@@ -361,28 +369,15 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       };
 
       if (a < e) {
-        float s0[32], s1[32];
         prepare(k, L, a);
-        qk_issue(s0, k);
+        qk_issue(sv, k);
         wgmma_wait0();
-        reg_fence(s0);
+        reg_fence(sv);
         if (a == e - 1) release_q();
-        send(s0, k);
-        // two blocks an iteration, so that the S buffers swap roles without indexing registers
-        using More = std::true_type;
-        using Last = std::false_type;
-        for (int n = a;; n += 2) {
-          if (n + 1 == e) {
-            step(s0, s1, n, Last{});
-            break;
-          }
-          step(s0, s1, n, More{});
-          if (n + 2 == e) {
-            step(s1, s0, n + 1, Last{});
-            break;
-          }
-          step(s1, s0, n + 1, More{});
-        }
+        factors(sv, a);
+        send(em, bm, k);
+        for (int n = a; n + 1 < e; ++n) step(n, std::true_type{});
+        step(e - 1, std::false_type{});
       } else {
         release_q();
       }
@@ -394,9 +389,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         float l = lrow[h];
         l += __shfl_xor_sync(0xffffffffu, l, 1);
         l += __shfl_xor_sync(0xffffffffu, l, 2);
-        if (l > 0.f && mrow[h] != NEG_INF) {
+        const float b = bm[h] + bp[h];
+        if (l > 0.f && b != NEG_INF) {
           inv[h] = 1.f / l;
-          lse_r[h] = (mrow[h] + log2f(l)) * 0.69314718055994530942f;
+          lse_r[h] = (b + log2f(l)) * 0.69314718055994530942f;
         } else {
           inv[h] = 0.f;
           lse_r[h] = NEG_INF;

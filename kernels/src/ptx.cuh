@@ -85,6 +85,11 @@ __device__ __forceinline__ uint32_t mapa_peer(uint32_t addr, uint32_t peer) {
 // Four words into another CTA's smem at cluster address addr, completing 16 bytes on its barrier
 // at cluster address bar (the receiver armed it with expect-tx; the data is visible once its phase
 // completes, as with a TMA load).
+__device__ __forceinline__ void st_async_v2(uint32_t addr, uint32_t bar, float a, float b) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.b32 [%0], {%2, %3}, [%1];\n" ::"r"(addr),
+               "r"(bar), "r"(__float_as_uint(a)), "r"(__float_as_uint(b))
+               : "memory");
+}
 __device__ __forceinline__ void st_async_v4(uint32_t addr, uint32_t bar, float a, float b, float c, float d) {
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%2, %3, %4, %5}, [%1];\n" ::"r"(
                    addr),
