@@ -34,24 +34,25 @@
 namespace distmla::kernels::detail {
 
 constexpr int kDdRows = 2 * kBlockM;                    // query rows of a cluster pair
-constexpr int kDdChunks = 5;                            // a CTA's KV chunks: 4 of V, then rope
-constexpr int kDdStageBytes = kDdChunks * kChunkBytes;  // 40 KB
+constexpr int kDdRopeTile = kBlockN * 64;               // a block's 32 rope dims of this CTA (64-byte swizzle)
+constexpr int kDdStageBytes = 4 * kChunkBytes + kDdRopeTile;  // 36 KB: 4 chunks of V, then the rope half
 constexpr int kDdStages = 3;
 constexpr int kDdQBytes = 2 * 4 * kChunkBytes;          // [warpgroup][4 chunks][64 rows][64 dims]
 constexpr int kDdXBytes = 128 * 72;                     // a warpgroup's message: per thread 16 words of E, 2 bases
+constexpr int kDdFinalBytes = 128 * 8;                  // its last one of a sequence: 2 floats a thread
 constexpr int kDdRopeBytes = kBlockM * 64;              // a warpgroup's rows of Q's rope half
+constexpr int kDdResBytes = 128 * 64;                   // a warpgroup's E - bf16(E): 16 bf16 pairs a thread
 constexpr int kDdBarBytes = 128;
 constexpr int kDdSmemBytes =
-    kDdQBytes + kDdStages * kDdStageBytes + 2 * kDdXBytes + 2 * kDdRopeBytes + kDdBarBytes + 1024;
+    kDdQBytes + kDdStages * kDdStageBytes + 2 * kDdXBytes + 2 * kDdRopeBytes + 2 * kDdResBytes + kDdBarBytes + 1024;
 static_assert((2 * kDdStages + 2 + 4) * 8 <= kDdBarBytes, "the ddim kernel's mbarriers fit");
 
-// KV global chunk of local chunk j of CTA `half`.
-__device__ __forceinline__ int dd_chunk(int j, int half) { return j < 4 ? 4 * half + j : 8; }
-
-// The KV producer thread: the part's blocks in order into kDdStages stages, this CTA's 5 chunks of
-// each (one full barrier a stage), each stage once both warpgroups released it.
-__device__ __forceinline__ void dd_kv_producer(const CUtensorMap& kv_map, const Params& p, uint32_t sKV0, uint32_t full0,
-                                               uint32_t empty0, int part, int seq_begin, int seq_end, int half) {
+// The KV producer thread: the part's blocks in order into kDdStages stages, this CTA's share of
+// each (V chunks 4 half .. 4 half + 3 and rope dims 512 + 32 half .. +32; one full barrier a
+// stage), each stage once both warpgroups released it.
+__device__ __forceinline__ void dd_kv_producer(const CUtensorMap& kv_map, const CUtensorMap& kv_rope_map, const Params& p,
+                                               uint32_t sKV0, uint32_t full0, uint32_t empty0, int part, int seq_begin,
+                                               int seq_end, int half) {
   const Meta& m = p.meta;
   const int W = m.hdr[0];
   const int R = p.page_size < kBlockN ? p.page_size : kBlockN;
@@ -67,12 +68,12 @@ __device__ __forceinline__ void dd_kv_producer(const CUtensorMap& kv_map, const 
       const uint32_t dst = sKV0 + stage * kDdStageBytes, full = full0 + 8 * stage;
       const int tok = n * kBlockN;
       const int np = min(pieces, (L - tok + R - 1) / R);
-      mbar_arrive_expect_tx(full, static_cast<uint32_t>(np * R * 128 * kDdChunks));
+      mbar_arrive_expect_tx(full, static_cast<uint32_t>(np * R * (4 * 128 + 64)));
       for (int k = 0; k < np; ++k) {
         const int row = kv_piece_row(p, i, tok + k * R);
 #pragma unroll 1
-        for (int j = 0; j < kDdChunks; ++j)
-          tma_load_2d(dst + j * kChunkBytes + k * R * 128, &kv_map, full, dd_chunk(j, half) * 64, row);
+        for (int j = 0; j < 4; ++j) tma_load_2d(dst + j * kChunkBytes + k * R * 128, &kv_map, full, (4 * half + j) * 64, row);
+        tma_load_2d(dst + 4 * kChunkBytes + k * R * 64, &kv_rope_map, full, 512 + 32 * half, row);
       }
     }
   }
@@ -96,8 +97,9 @@ __device__ __forceinline__ void dd_q_producer(const CUtensorMap& q_map, const CU
 
 template <typename Elem>
 __global__ void __launch_bounds__(kThreadsV3, 1)
-    decode_ddim_kernel(const __grid_constant__ CUtensorMap kv_map, const __grid_constant__ CUtensorMap q_map,
-                       const __grid_constant__ CUtensorMap q_rope_map, const Params p) {
+    decode_ddim_kernel(const __grid_constant__ CUtensorMap kv_map, const __grid_constant__ CUtensorMap kv_rope_map,
+                       const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap q_rope_map,
+                       const Params p) {
   extern __shared__ uint8_t smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -106,7 +108,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const uint32_t sKV0 = sQ + kDdQBytes;
   const uint32_t sX = sKV0 + kDdStages * kDdStageBytes;  // [warpgroup] the twin's partial S
   const uint32_t sQr = sX + 2 * kDdXBytes;  // [warpgroup] Q's rope half
-  const uint32_t full0 = sQr + 2 * kDdRopeBytes;
+  const uint32_t sRes = sQr + 2 * kDdRopeBytes;  // [warpgroup] this CTA's E - bf16(E) of the block in hand
+  const uint32_t full0 = sRes + 2 * kDdResBytes;
   const uint32_t empty0 = full0 + 8 * kDdStages;
   const uint32_t q_full = empty0 + 8 * kDdStages, q_empty = q_full + 8;
   const uint32_t x_full0 = q_empty + 8;  // [warpgroup] the twin's partial S has landed here
@@ -150,7 +153,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     // 24 + 2 x 240 registers a thread-slot triple: the pool of 168 x 384 (the consumers hold
     // O, two S tiles and the rope fragments of Q)
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
-    if (tid == kThreads) dd_kv_producer(kv_map, p, sKV0, full0, empty0, part, seq_begin, seq_end, half);
+    if (tid == kThreads) dd_kv_producer(kv_map, kv_rope_map, p, sKV0, full0, empty0, part, seq_begin, seq_end, half);
     if (tid == kThreads + 32)
       dd_q_producer(q_map, q_rope_map, sQ, sQr, q_full, q_empty, pair, half, seq_begin, seq_end);
   } else {
@@ -179,9 +182,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       if (valid < kBlockN) {
         uint8_t* gK = gbase + kDdQBytes + stage * kDdStageBytes;
         const int nrows = kBlockN - valid;
-        for (int idx = tid; idx < nrows * kDdChunks * 8; idx += kThreads) {
-          const int u = idx % 8, c = (idx / 8) % kDdChunks, row = valid + idx / (8 * kDdChunks);
-          *reinterpret_cast<uint4*>(gK + c * kChunkBytes + row * 128 + u * 16) = make_uint4(0, 0, 0, 0);
+        for (int idx = tid; idx < nrows * 36; idx += kThreads) {  // a row: 4 x 8 units of V, 4 of rope
+          const int u = idx % 36, row = valid + idx / 36;
+          uint8_t* at = u < 32 ? gK + (u / 8) * kChunkBytes + row * 128 + (u % 8) * 16 : gK + 4 * kChunkBytes + row * 64 + (u - 32) * 16;
+          *reinterpret_cast<uint4*>(at) = make_uint4(0, 0, 0, 0);
         }
         fence_proxy_async();
         consumer_sync();
@@ -203,16 +207,17 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       }
 #pragma unroll
       for (int kk = 0; kk < 2; ++kk) {
-        ElemTraits<Elem>::qk64(s, make_desc(sR + kk * 32, 16, 512, 2),
-                               make_desc(sK + 4 * kChunkBytes + (2 * half + kk) * 32, 16, 1024), 1);
+        ElemTraits<Elem>::qk64(s, make_desc(sR + kk * 32, 16, 512, 2), make_desc(sK + 4 * kChunkBytes + kk * 32, 16, 512, 2), 1);
       }
       wgmma_commit();
     };
     // Exchange kb: this thread's factors (bf16 pairs in accumulator order) and row bases into the
     // twin's buffer, once the twin has read exchange kb - 1 (x_free). Layout: [4][128] uint4, then
     // [128] float2, so that each warp's stores and loads are contiguous.
-    auto send = [&](const uint32_t (&ew)[16], const float (&b)[2], uint32_t kb) {
-      if (kb > 0) mbar_wait(x_free, (kb - 1) & 1);  // no data to acquire: CTA scope (no L1 invalidation)
+    uint32_t sent = 0, got = 0;  // messages to / from the twin so far (parities of x_free / x_full)
+    auto send = [&](const uint32_t (&ew)[16], const float (&b)[2]) {
+      if (sent > 0) mbar_wait(x_free, (sent - 1) & 1);  // no data to acquire: CTA scope (no L1 invalidation)
+      ++sent;
       const uint32_t to = mapa_peer(x_mine + t * 16, peer), bar = mapa_peer(x_full, peer);
 #pragma unroll
       for (int j = 0; j < 4; ++j)
@@ -220,9 +225,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
                     __uint_as_float(ew[4 * j + 2]), __uint_as_float(ew[4 * j + 3]));
       st_async_v2(mapa_peer(x_mine + 4 * 2048 + t * 8, peer), bar, b[0], b[1]);
     };
-    // ... and the twin's, once they have landed; then the buffer is re-armed and handed back.
-    auto receive = [&](uint32_t (&ew)[16], float (&b)[2], uint32_t kb) {
-      mbar_wait(x_full, kb & 1);  // completed by the st.async bytes, like a TMA load
+    // ... and the twin's, once they have landed (the buffer stays this side's until hand_back).
+    auto receive = [&](uint32_t (&ew)[16], float (&b)[2]) {
+      mbar_wait(x_full, got & 1);  // completed by the st.async bytes, like a TMA load
+      ++got;
       const uint4* in = reinterpret_cast<const uint4*>(gbase + (x_mine - base));
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -235,9 +241,26 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       const float2 bb = reinterpret_cast<const float2*>(gbase + (x_mine - base) + 4 * 2048)[t];
       b[0] = bb.x;
       b[1] = bb.y;
+    };
+    // The buffer is re-armed for the next message (next_bytes) and handed back to the twin.
+    auto hand_back = [&](uint32_t next_bytes) {
       __syncwarp();
-      if (t == 0) mbar_arrive_expect_tx(x_full, kDdXBytes);  // the next exchange's phase
+      if (t == 0) mbar_arrive_expect_tx(x_full, next_bytes);
       if (lane == 0) mbar_arrive_remote(mapa_peer(x_free, peer));
+    };
+    // A sequence's last message: this thread's two row corrections of the sums (see `step`).
+    auto send_final = [&](const float (&c)[2]) {
+      if (sent > 0) mbar_wait(x_free, (sent - 1) & 1);
+      ++sent;
+      st_async_v2(mapa_peer(x_mine + t * 8, peer), mapa_peer(x_full, peer), c[0], c[1]);
+    };
+    auto receive_final = [&](float (&c)[2]) {
+      mbar_wait(x_full, got & 1);
+      ++got;
+      const float2 v = reinterpret_cast<const float2*>(gbase + (x_mine - base))[t];
+      c[0] = v.x;
+      c[1] = v.y;
+      hand_back(kDdXBytes);
     };
 
     for (int i = seq_begin; i < seq_end; ++i, ++nseq) {
@@ -259,6 +282,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       float bm[2] = {NEG_INF, NEG_INF};  // this CTA's row bases (log2 units) for its partial S
       float bp[2] = {NEG_INF, NEG_INF};  // the twin's, as of the last exchange received
       float lrow[2] = {0.f, 0.f};        // this thread's share of the row sums of P (base bm + bp)
+      float lcor[2] = {0.f, 0.f};        // ... and of sum (E - bf16(E)) E' over its own factors E
       float corr_m[2] = {1.f, 1.f};      // what moving bm for the block in hand does to O (applied with it)
       uint32_t em[16];                   // E of the block in hand (bf16 pairs, accumulator order)
 
@@ -289,6 +313,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
           }
         }
         constexpr float kLazyLog2 = 7.f;
+        float nb[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 1));
@@ -299,11 +324,25 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
             corr_m[h] = ex2_ftz(bm[h] - mx);
             bm[h] = mx;
           }
-          const float nb = bm[h] == NEG_INF ? 0.f : -bm[h];
+          nb[h] = bm[h] == NEG_INF ? 0.f : -bm[h];
+        }
+        // words 4 q .. 4 q + 3 (j = 2 q, 2 q + 1; h = 0, 1); E - bf16(E) (bf16: E to 2^-16) goes to
+        // smem until the block's sums use it
+        uint4* res = reinterpret_cast<uint4*>(gbase + (sRes - base) + wg * kDdResBytes);
 #pragma unroll
-          for (int j = 0; j < 8; ++j)
-            em[2 * j + h] = ElemTraits<__nv_bfloat16>::pack(ex2_ftz(fmaf(sv[4 * j + 2 * h], p.scale_log2, nb)),
-                                                           ex2_ftz(fmaf(sv[4 * j + 2 * h + 1], p.scale_log2, nb)));
+        for (int q = 0; q < 4; ++q) {
+          uint32_t rw[4];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = 2 * q + u / 2, h = u % 2;
+            const float e0 = ex2_ftz(fmaf(sv[4 * j + 2 * h], p.scale_log2, nb[h]));
+            const float e1 = ex2_ftz(fmaf(sv[4 * j + 2 * h + 1], p.scale_log2, nb[h]));
+            const uint32_t w = ElemTraits<__nv_bfloat16>::pack(e0, e1);
+            const __nv_bfloat162 hb = *reinterpret_cast<const __nv_bfloat162*>(&w);
+            em[4 * q + u] = w;
+            rw[u] = ElemTraits<__nv_bfloat16>::pack(e0 - __low2float(hb), e1 - __high2float(hb));
+          }
+          res[q * 128 + t] = make_uint4(rw[0], rw[1], rw[2], rw[3]);
         }
       };
 
@@ -319,7 +358,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         }
         uint32_t ep[16];
         float bn[2];
-        receive(ep, bn, k);
+        receive(ep, bn);
         float corr[2];
         bool moved = false;
 #pragma unroll
@@ -328,6 +367,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
           moved |= corr[h] != 1.f;
           bp[h] = bn[h];
           lrow[h] *= corr[h];
+          lcor[h] *= corr[h];
         }
         if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
@@ -354,12 +394,31 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         for (int kk = 0; kk < 4; ++kk)
           ElemTraits<Elem>::pv_rs(o, pa[kk], make_desc(sK + kk * 16 * 128, kChunkBytes, 1024));
         wgmma_commit();
+        // While P V runs: P was formed from the rounded factors; the sums also take E - bf16(E) of
+        // each side times the other's factor (this side's here, the twin's in the last message), so
+        // that l and lse keep fp32 accuracy. Then the twin's message is done with.
+        {
+          const uint4* res = reinterpret_cast<const uint4*>(gbase + (sRes - base) + wg * kDdResBytes);
+          const uint4* in = reinterpret_cast<const uint4*>(gbase + (x_mine - base));
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const uint4 rv = res[q * 128 + t], yv = in[q * 128 + t];
+            const uint32_t r4[4] = {rv.x, rv.y, rv.z, rv.w}, y4[4] = {yv.x, yv.y, yv.z, yv.w};
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const __nv_bfloat162 r = *reinterpret_cast<const __nv_bfloat162*>(&r4[u]);
+              const __nv_bfloat162 y = *reinterpret_cast<const __nv_bfloat162*>(&y4[u]);
+              lcor[u % 2] = fmaf(__low2float(r), __low2float(y), fmaf(__high2float(r), __high2float(y), lcor[u % 2]));
+            }
+          }
+        }
+        hand_back(more ? kDdXBytes : kDdFinalBytes);
         if constexpr (more) {
           wgmma_wait1();
           reg_fence(sv);
           if (n + 1 == e - 1) release_q();
           factors(sv, n + 1);
-          send(em, bm, k + 1);
+          send(em, bm);
         }
         wgmma_wait0();
         reg_fence(o);
@@ -375,20 +434,32 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         reg_fence(sv);
         if (a == e - 1) release_q();
         factors(sv, a);
-        send(em, bm, k);
+        send(em, bm);
         for (int n = a; n + 1 < e; ++n) step(n, std::true_type{});
         step(e - 1, std::false_type{});
       } else {
         release_q();
       }
 
-      // epilogue: this warpgroup holds whole rows, so the row sums need only the quad
+      // epilogue: this warpgroup holds whole rows, so the row sums need only the quad; the twin's
+      // correction arrives in a last message
+      float cm[2], cp[2] = {0.f, 0.f};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        cm[h] = lcor[h] + __shfl_xor_sync(0xffffffffu, lcor[h], 1);
+        cm[h] += __shfl_xor_sync(0xffffffffu, cm[h], 2);
+      }
+      if (a < e) {
+        send_final(cm);
+        receive_final(cp);
+      }
       float lse_r[2], inv[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float l = lrow[h];
         l += __shfl_xor_sync(0xffffffffu, l, 1);
         l += __shfl_xor_sync(0xffffffffu, l, 2);
+        l += half == 0 ? cm[h] + cp[h] : cp[h] + cm[h];  // the same sum in both CTAs
         const float b = bm[h] + bp[h];
         if (l > 0.f && b != NEG_INF) {
           inv[h] = 1.f / l;

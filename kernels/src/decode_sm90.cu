@@ -336,9 +336,16 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     // ddim: pairs of 64-row tiles as 2-CTA clusters, when the rows fill such pairs and every
     // cluster of the grid is resident at once; else v6.
     if (kind == KernelKind::kDDim && tiles % 2 == 0 && 1LL * facts.ddim_clusters * 2 >= 1LL * grid.x * grid.y) {
-      // Q's rope dims [512 + 32 half, +32) of 64 rows a box, 64-byte swizzle (decode_ddim.cuh)
-      CUtensorMap q_rope_map;
+      // the rope dims [512 + 32 half, +32) of a CTA's share, of KV and Q, with a 64-byte swizzle
+      // (decode_ddim.cuh): 32 rows of a page a box, 64 rows of Q
+      CUtensorMap kv_rope_map, q_rope_map;
+      std::memset(&kv_rope_map, 0, sizeof(kv_rope_map));
       std::memset(&q_rope_map, 0, sizeof(q_rope_map));
+      cuuint32_t kbox[2] = {32, static_cast<cuuint32_t>(R)};
+      cr = encode(&kv_rope_map, dtype, 2, const_cast<void*>(t.kv), gdim, gstride, kbox, estride,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
       cuuint32_t rbox[3] = {32, static_cast<cuuint32_t>(kBlockM), 1};
       cr = encode(&q_rope_map, dtype, 3, const_cast<void*>(t.q), qdim, qstride, rbox, qestride,
                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -346,7 +353,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
       if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
       p.kv_multicast = 0;
       err = launch_pdl_clusters(decode_ddim_kernel<Elem>, grid, dim3(kThreadsV3), static_cast<size_t>(kDdSmemBytes),
-                                stream, 2, map, q_map, q_rope_map, p);
+                                stream, 2, map, kv_rope_map, q_map, q_rope_map, p);
     } else {
       auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
       p.kv_multicast = use_kv_multicast(facts, grid) ? 1 : 0;
