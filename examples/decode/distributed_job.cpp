@@ -33,6 +33,7 @@
 #include "exchange_bench.h"
 #include "job_options.h"
 #include "median.h"
+#include "node_ranks.h"
 
 namespace distmla::examples {
 
@@ -84,9 +85,17 @@ std::vector<double> gather(Communicator& comm, const std::vector<double>& mine) 
 }
 
 
-int env_int(const char* name, int dflt) {
-  const char* v = std::getenv(name);
-  return v ? std::atoi(v) : dflt;
+// The ranks on this rank's host, through MPI (MPI-3's shared-memory split: any MPI, not only
+// Open MPI's environment).
+NodeRanks node_ranks_mpi(MPI_Comm world) {
+  MPI_Comm local;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+  NodeRanks n;
+  MPI_Comm_rank(local, &n.local_rank);
+  MPI_Comm_size(local, &n.local_size);
+  MPI_Comm_free(&local);
+  n.host = this_host();
+  return n;
 }
 
 struct Launch {
@@ -130,14 +139,15 @@ int run(const JobOptions& opt) {
   if (opt.backend == dmlaBackendCuda && !gpus) throw Error(dmlaErrorBackend, "--backend cuda: no GPU");
   if (opt.peer == 1 && !gpus)
     throw Error(dmlaErrorInvalidArgument, "-P 1: the peer exchange needs GPUs (this run is on the CPU path)");
-  const int local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", L.rank);
-  // NCCL takes one GPU a rank (two ranks on one GPU fail its init with "invalid usage").
-  const int local_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 0);
-  if (gpus && local_size > ndev)
-    throw Error(dmlaErrorInvalidArgument, "-np: " + std::to_string(local_size) + " ranks on this node but " +
-                                              std::to_string(ndev) + " GPUs; NCCL needs one GPU a rank (start at "
-                                              "most " + std::to_string(ndev) + " a node, or --backend cpu)");
-  const int device = gpus ? local_rank % ndev : -1;
+  // NCCL takes one GPU a rank (two ranks on one GPU fail its init with "invalid usage"): refused
+  // here with the counts, for either bootstrap.
+  const NodeRanks node = L.mpi ? node_ranks_mpi(MPI_COMM_WORLD) : node_ranks_store(*L.store, L.rank, L.world, 60000);
+  if (gpus && node.local_size > ndev)
+    throw Error(dmlaErrorInvalidArgument, std::string(L.mpi ? "-np" : "--world") + ": " + std::to_string(node.local_size) +
+                                              " ranks on host " + node.host + " but " + std::to_string(ndev) +
+                                              " GPUs; NCCL needs one GPU a rank (start at most " + std::to_string(ndev) +
+                                              " a host, or --backend cpu)");
+  const int device = gpus ? node.local_rank : -1;
   CommOptions copt;
   copt.timeout_ms = 120000;
   std::unique_ptr<Communicator> comm;
