@@ -12,7 +12,6 @@
 #include <cmath>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
