@@ -26,7 +26,7 @@ class PeerCommunicator final : public Communicator {
     if (!base_) DMLA_DIST_FAIL(dmlaErrorNullPointer, "make_peer_communicator: base is null");
     if (opt_.timeout_ms <= 0)
       DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "CommOptions::timeout_ms = " + std::to_string(opt_.timeout_ms));
-    name_ = std::string("peer+") + base_->backend_name();
+    set_name(std::string("peer+") + base_->backend_name());
     DeviceGuard g(device_);
     DMLA_DIST_CUDA_THROW(cudaHostAlloc(reinterpret_cast<void**>(&err_host_), sizeof(unsigned), cudaHostAllocMapped));
     *err_host_ = 0;
@@ -40,7 +40,8 @@ class PeerCommunicator final : public Communicator {
   int rank() const override { return base_->rank(); }
   int size() const override { return base_->size(); }
   MemSpace memory() const override { return base_->memory(); }
-  const char* backend_name() const override { return name_.c_str(); }
+  // Also says why the peer path or the pull merge's window is off, where one is.
+  const char* backend_name() const override { return shown_name_.c_str(); }
 
   dmlaResult_t all_gather(const void* send, void* recv, size_t bytes, void* stream) override {
     return base_->all_gather(send, recv, bytes, stream);
@@ -120,10 +121,10 @@ class PeerCommunicator final : public Communicator {
     std::string why;
     if (auto r = map_group(kernels::peer_ctrl_bytes(size()), size() * bytes, &mail_, &why); r != dmlaSuccess) return r;
     if (!mail_.mine) {  // stay on base; backend_name() says why
-      name_ = std::string(base_->backend_name()) + " (peer path off: " + why + ")";
+      set_name(std::string(base_->backend_name()) + " (peer path off: " + why + ")");
       return dmlaSuccess;
     }
-    name_ = std::string("peer+") + base_->backend_name();
+    set_name(std::string("peer+") + base_->backend_name());
     slot_ = bytes;
     ready_ = true;
     return dmlaSuccess;
@@ -134,14 +135,21 @@ class PeerCommunicator final : public Communicator {
   dmlaResult_t reserve_window(size_t bytes, DeviceWindow* w) override {
     *w = DeviceWindow{};
     if (auto r = failed(); r != dmlaSuccess) return r;
-    if (size() > kernels::kMaxPeers) return dmlaSuccess;
+    if (size() > kernels::kMaxPeers) {
+      set_window_note("more than " + std::to_string(kernels::kMaxPeers) + " ranks");
+      return dmlaSuccess;
+    }
     bytes = std::max<size_t>((bytes + 255) & ~size_t(255), 256);
     if (windows_.empty() || windows_.back().bytes < bytes) {
       DeviceGuard g(device_);
       Mapping m;
       std::string why;
       if (auto r = map_group(kernels::peer_window_ctrl_bytes(size()), bytes, &m, &why); r != dmlaSuccess) return r;
-      if (!m.mine) return dmlaSuccess;  // no window on any rank
+      if (!m.mine) {  // no window on any rank: the decoder keeps exchange + merge; backend_name() says why
+        set_window_note(why);
+        return dmlaSuccess;
+      }
+      set_window_note("");
       windows_.push_back(std::move(m));
       if (!trace_) trace_ = detail::PullTrace::from_env();
     }
@@ -271,7 +279,17 @@ class PeerCommunicator final : public Communicator {
   std::unique_ptr<Communicator> base_;
   int device_ = 0;
   CommOptions opt_;
-  std::string name_;
+  std::string name_;         // the exchange path: peer+base, or base and why not peer
+  std::string window_note_;  // why the newest window request got none ("" if it got one)
+  std::string shown_name_;   // name_ and window_note_, as backend_name() shows them
+  void set_name(std::string n) {
+    name_ = std::move(n);
+    shown_name_ = window_note_.empty() ? name_ : name_ + " (pull merge off: " + window_note_ + ")";
+  }
+  void set_window_note(std::string why) {
+    window_note_ = std::move(why);
+    set_name(name_);
+  }
   unsigned* err_host_ = nullptr;  // host-mapped error word of the kernel
   unsigned* err_dev_ = nullptr;
   Mapping mail_;                  // control block, then world mailbox slots of slot_ bytes
