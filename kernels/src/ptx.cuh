@@ -76,13 +76,6 @@ __device__ __forceinline__ void mbar_arrive_peer(uint32_t bar, uint32_t peer) {
       "r"(peer)
       : "memory");
 }
-// 2^x with denormal results flushed to zero: one MUFU.EX2, where exp2f adds a range fix-up of
-// three instructions around it (P below 2^-126 is 0 either way in a bf16 product).
-__device__ __forceinline__ float ex2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 __device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
   asm volatile(DMLA_MBAR_WAIT_LOOP(".acquire.cluster") ::"r"(bar), "r"(parity) : "memory");
 }
@@ -146,6 +139,14 @@ template <int N>
 __device__ __forceinline__ void reg_fence(float (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// 2^x with denormal results flushed to zero: one MUFU.EX2, where exp2f adds a range fix-up of
+// three instructions around it (P below 2^-126 is 0 either way in a bf16 product).
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // Shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63).
