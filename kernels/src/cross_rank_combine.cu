@@ -125,19 +125,6 @@ __device__ __forceinline__ bool warp_row(int batch, int s_q, int heads, WarpRow*
   return true;
 }
 
-// Rank r's window counters as mapped here (peer_exchange.h: peer_window_ctrl_bytes).
-struct WindowCtrl {
-  uint64_t* c;
-  int world;
-  __device__ WindowCtrl(const PeerWindow& w, int r) : c(w.ctrl[r]), world(w.world) {}
-  __device__ uint64_t* ready(int p) const { return c + p; }  // rank p announced epoch *ready(p)
-  __device__ uint64_t* freed(int p) const { return c + world + p; }  // rank p read this window up to it
-  __device__ unsigned long long* signaled() const { return reinterpret_cast<unsigned long long*>(c + 2 * world); }
-  __device__ unsigned long long* done() const { return reinterpret_cast<unsigned long long*>(c + 2 * world + 1); }
-  __device__ uint64_t* epoch() const { return c + 2 * world + 2; }
-  __device__ uint64_t* failed() const { return c + 2 * world + 3; }
-};
-
 // Pull merge, steps 1-2 (peer_exchange.h): the first CTA announces this rank's window, every CTA
 // waits for its peers'. Returns the epoch, 0 when the call is off (a failure, now or earlier).
 __device__ uint64_t pull_begin(const PeerWindow& w) {

@@ -33,18 +33,6 @@ __device__ __forceinline__ void copy_share(void* dst, const void* src, size_t n1
   for (size_t i = b + threadIdx.x; i < e; i += kThreads) d[i] = kFromMail ? __ldcg(s + i) : __ldg(s + i);
 }
 
-// A rank's control block (peer_ctrl_bytes): arrived[W], freed[W], done, epoch, failed.
-struct MailCtrl {
-  uint64_t* c;
-  int world;
-  __device__ MailCtrl(const PeerExchangeArgs& a, int r) : c(a.ctrl[r]), world(a.world) {}
-  __device__ uint64_t* arrived(int p) const { return c + p; }  // CTAs of rank p that pushed here
-  __device__ uint64_t* freed(int p) const { return c + world + p; }  // rank p emptied its slot here
-  __device__ unsigned long long* done() const { return reinterpret_cast<unsigned long long*>(c + 2 * world); }
-  __device__ uint64_t* epoch() const { return c + 2 * world + 1; }
-  __device__ uint64_t* failed() const { return c + 2 * world + 2; }
-};
-
 __global__ void __launch_bounds__(kThreads, 1) peer_a2a_kernel(const __grid_constant__ PeerExchangeArgs a) {
   const int W = a.world, me = a.rank;
   const MailCtrl my(a, me);

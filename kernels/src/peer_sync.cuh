@@ -4,6 +4,8 @@
 // with a %globaltimer deadline that record a failure instead of hanging.
 #include <cstdint>
 
+#include "distmla/kernels/peer_exchange.h"
+
 namespace distmla::kernels::detail {
 
 __device__ __forceinline__ uint64_t ld_acquire_sys(const uint64_t* p) {
@@ -51,5 +53,30 @@ __device__ __forceinline__ bool thread_wait_ge(const uint64_t* p, uint64_t targe
   }
   return true;
 }
+
+// The two control blocks, as rank r's is mapped here (their sizes: peer_exchange.h).
+// The all-to-all's (peer_ctrl_bytes): arrived[W], freed[W], done, epoch, failed.
+struct MailCtrl {
+  uint64_t* c;
+  int world;
+  __device__ MailCtrl(const PeerExchangeArgs& a, int r) : c(a.ctrl[r]), world(a.world) {}
+  __device__ uint64_t* arrived(int p) const { return c + p; }  // CTAs of rank p that pushed here
+  __device__ uint64_t* freed(int p) const { return c + world + p; }  // rank p emptied its slot here
+  __device__ unsigned long long* done() const { return reinterpret_cast<unsigned long long*>(c + 2 * world); }
+  __device__ uint64_t* epoch() const { return c + 2 * world + 1; }
+  __device__ uint64_t* failed() const { return c + 2 * world + 2; }
+};
+// The pull merge's window (peer_window_ctrl_bytes): ready[W], freed[W], signaled, done, epoch, failed.
+struct WindowCtrl {
+  uint64_t* c;
+  int world;
+  __device__ WindowCtrl(const PeerWindow& w, int r) : c(w.ctrl[r]), world(w.world) {}
+  __device__ uint64_t* ready(int p) const { return c + p; }  // rank p announced epoch *ready(p)
+  __device__ uint64_t* freed(int p) const { return c + world + p; }  // rank p read this window up to it
+  __device__ unsigned long long* signaled() const { return reinterpret_cast<unsigned long long*>(c + 2 * world); }
+  __device__ unsigned long long* done() const { return reinterpret_cast<unsigned long long*>(c + 2 * world + 1); }
+  __device__ uint64_t* epoch() const { return c + 2 * world + 2; }
+  __device__ uint64_t* failed() const { return c + 2 * world + 3; }
+};
 
 }  // namespace distmla::kernels::detail
