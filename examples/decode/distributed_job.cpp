@@ -84,19 +84,6 @@ std::vector<double> gather(Communicator& comm, const std::vector<double>& mine) 
 }
 
 
-// The ranks on this rank's host, through MPI (MPI-3's shared-memory split: any MPI, not only
-// Open MPI's environment).
-NodeRanks node_ranks_mpi(MPI_Comm world) {
-  MPI_Comm local;
-  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
-  NodeRanks n;
-  MPI_Comm_rank(local, &n.local_rank);
-  MPI_Comm_size(local, &n.local_size);
-  MPI_Comm_free(&local);
-  n.host = this_host();
-  return n;
-}
-
 struct Launch {
   bool mpi = false;
   int rank = 0, world = 1;

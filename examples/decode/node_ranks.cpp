@@ -30,6 +30,17 @@ std::string this_host() {
   return name;
 }
 
+NodeRanks node_ranks_mpi(MPI_Comm world) {
+  MPI_Comm local;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+  NodeRanks n;
+  MPI_Comm_rank(local, &n.local_rank);
+  MPI_Comm_size(local, &n.local_size);
+  MPI_Comm_free(&local);
+  n.host = this_host();
+  return n;
+}
+
 NodeRanks node_ranks_store(dist::TcpStoreClient& store, int rank, int world, int timeout_ms) {
   const std::string me = this_host();
   const std::vector<uint8_t> v(me.begin(), me.end());

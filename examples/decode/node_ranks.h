@@ -2,6 +2,8 @@
 // one GPU a rank) and refuses more ranks on a host than it has GPUs, with either bootstrap.
 #pragma once
 
+#include <mpi.h>
+
 #include <string>
 #include <vector>
 
@@ -22,6 +24,9 @@ NodeRanks node_ranks_from_hosts(const std::vector<std::string>& hosts, int rank)
 
 // This host's name ("localhost" if it has none).
 std::string this_host();
+
+// Through MPI (MPI-3's shared-memory split: any MPI, not only Open MPI's environment).
+NodeRanks node_ranks_mpi(MPI_Comm world);
 
 // Through the TCP store: each rank sets "host/<rank>" and reads every rank's (each get waits up
 // to timeout_ms). Throws distmla::Error naming the rank that did not answer.
