@@ -103,6 +103,30 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
   }
 }
 
+// P = 2^(S scale - base) of this warpgroup's 32 tokens (s: S of rows r0 and r0 + 8, a base a
+// row; -inf before the row has one, for which a finite S gives inf and a masked one NaN: the
+// caller's vote catches both), its row sums (ls), and P in bf16 out to its half of the P tile
+// ([64 rows][64 tokens], K-major, 128B swizzle), fenced for the P V that reads it.
+template <typename Elem>
+__device__ __forceinline__ void exp_and_stage_p(const float (&s)[16], float (&ls)[2], const float (&base)[2], float scale_log2,
+                                                uint8_t* gP, int r0, int cq, int wg) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float nb = -base[h];
+    const int r = r0 + 8 * h;
+    ls[h] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float p0 = ex2_ftz(fmaf(s[4 * j + 2 * h], scale_log2, nb));
+      const float p1 = ex2_ftz(fmaf(s[4 * j + 2 * h + 1], scale_log2, nb));
+      ls[h] += p0 + p1;
+      const int unit = 4 * wg + j;
+      *reinterpret_cast<uint32_t*>(gP + r * 128 + ((unit ^ (r & 7)) * 16) + cq * 2) = ElemTraits<Elem>::pack(p0, p1);
+    }
+  }
+  fence_proxy_async();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Split decode, wgmma path (v3). Q K^T is split by tokens: consumer warpgroup w computes S for
 // tokens [32w, 32w + 32) of the block (m64n32k16), the two exchange row maxima through smem,
@@ -295,11 +319,15 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       }
       if (n == e - 1) release_q();
 
-      // ---- mask, local row max, exchange ----
-      // Maxima of the raw S (scale > 0: they scale after), the mask only in a block that reaches
-      // past a row's last token; the scale goes into the exponent's FMA. Each instruction cut
-      // from this chain shows (run 54).
-      float ml[2] = {NEG_INF, NEG_INF};
+      // ---- mask, P at the running base, a vote; the maxima only when the vote asks ----
+      // The base of a row's exponents (mrow, log2 domain) need not be its maximum, only shared by
+      // both warpgroups and high enough that no P overflows. So each thread computes its P at the
+      // base it has and the P barrier votes: only if some thread's row sum of the block exceeds
+      // 2^8 (a score above the base by 5 or more; also inf / NaN: a sequence's first block,
+      // whose base is -inf) do both warpgroups exchange the row maxima, move the base to the
+      // maximum and compute P again (the exact path). Random scores never take it after the
+      // first block. The mask only in a block that reaches past a row's last token; the scale
+      // goes into the exponent's FMA. Each instruction cut from this chain shows (runs 54, 55).
       const int rel[2] = {lim[0] - (n * kBlockN + 32 * wg + cq), lim[1] - (n * kBlockN + 32 * wg + cq)};
       if (__any_sync(0xffffffffu, min(rel[0], rel[1]) < 32)) {
 #pragma unroll
@@ -308,77 +336,60 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
           for (int h = 0; h < 2; ++h) {
 #pragma unroll
             for (int x = 0; x < 2; ++x) {
-              const float v = 8 * j + x < rel[h] ? s[4 * j + 2 * h + x] : NEG_INF;
-              s[4 * j + 2 * h + x] = v;
-              ml[h] = fmaxf(ml[h], v);
+              if (8 * j + x >= rel[h]) s[4 * j + 2 * h + x] = NEG_INF;
             }
           }
         }
+      }
+      float ls[2];
+      exp_and_stage_p<Elem>(s, ls, mrow, p.scale_log2, gP, r0, cq, wg);
+      if (!consumer_sync_any(!(ls[0] <= 256.f && ls[1] <= 256.f))) {
+        lrow[0] += ls[0];
+        lrow[1] += ls[1];
       } else {
+        // the exact path: the row maxima of the raw S (scale > 0: scaled after), exchanged
+        float ml[2] = {NEG_INF, NEG_INF};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) ml[h] = fmaxf(ml[h], fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
         }
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 1));
-        ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 2)) * p.scale_log2;
-        if ((lane & 3) == 0) sMax[wg * kBlockM + r0 + 8 * h] = ml[h];
-      }
-      consumer_sync();
-      // Lazy rescaling: the running max (the exponent base) moves only when the block's max
-      // exceeds it by more than kLazyLog2, so P <= 2^kLazyLog2 (harmless in bf16 P and fp32
-      // sums) and most blocks skip the 128 multiplies of O. Both warpgroups see the same max,
-      // so they take the same base.
-      constexpr float kLazyLog2 = 8.f;
-      float corr[2];
-      bool moved = false;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float other = sMax[(1 - wg) * kBlockM + r0 + 8 * h];
-        const float mx = fmaxf(ml[h], other);
-        corr[h] = 1.f;
-        if (mx > mrow[h] + kLazyLog2) {  // also the first finite max (mrow -inf: corr 0)
-          corr[h] = ex2_ftz(mrow[h] - mx);
-          mrow[h] = mx;
-          moved = true;
-        }
-        const float nbase = mrow[h] == NEG_INF ? 0.f : -mrow[h];
-        lrow[h] *= corr[h];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-#pragma unroll
-          for (int x = 0; x < 2; ++x) {
-            float pv = ex2_ftz(fmaf(s[4 * j + 2 * h + x], p.scale_log2, nbase));
-            s[4 * j + 2 * h + x] = pv;
-            lrow[h] += pv;
-          }
-        }
-      }
-      // P half -> smem ([64 rows][64 tokens] bf16, K-major, 128B swizzle)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int r = r0 + 8 * h;
-          const int unit = 4 * wg + j;
-          *reinterpret_cast<uint32_t*>(gP + r * 128 + ((unit ^ (r & 7)) * 16) + cq * 2) =
-              ElemTraits<Elem>::pack(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]);
+          ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 1));
+          ml[h] = fmaxf(ml[h], __shfl_xor_sync(0xffffffffu, ml[h], 2)) * p.scale_log2;
+          if ((lane & 3) == 0) sMax[wg * kBlockM + r0 + 8 * h] = ml[h];
         }
-      }
-      fence_proxy_async();
-      if (__any_sync(0xffffffffu, moved)) {
+        consumer_sync();
+        // Both warpgroups see the same maxima, so they move the same bases.
+        float corr[2];
+        bool moved = false;
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          o[4 * j + 0] *= corr[0];
-          o[4 * j + 1] *= corr[0];
-          o[4 * j + 2] *= corr[1];
-          o[4 * j + 3] *= corr[1];
+        for (int h = 0; h < 2; ++h) {
+          const float mx = fmaxf(ml[h], sMax[(1 - wg) * kBlockM + r0 + 8 * h]);
+          corr[h] = 1.f;
+          if (mx > mrow[h]) {  // also the first finite max (mrow -inf: corr 0)
+            corr[h] = ex2_ftz(mrow[h] - mx);
+            mrow[h] = mx;
+            moved = true;
+          }
         }
+        // a row with no finite score yet keeps base -inf and takes its P (zeros) at base 0
+        const float base[2] = {mrow[0] == NEG_INF ? 0.f : mrow[0], mrow[1] == NEG_INF ? 0.f : mrow[1]};
+        exp_and_stage_p<Elem>(s, ls, base, p.scale_log2, gP, r0, cq, wg);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) lrow[h] = lrow[h] * corr[h] + ls[h];
+        if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            o[4 * j + 0] *= corr[0];
+            o[4 * j + 1] *= corr[0];
+            o[4 * j + 2] *= corr[1];
+            o[4 * j + 3] *= corr[1];
+          }
+        }
+        consumer_sync();  // both halves of P are in smem
       }
-      consumer_sync();  // both halves of P are in smem
 
       // ---- O += P V (64 x 256 per warpgroup, K = 64 tokens), A = P from smem ----
       reg_fence(o);

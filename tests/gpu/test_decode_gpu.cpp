@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "distmla/bf16.h"
 #include "distmla/compare.h"
 #include "distmla/distmla.hpp"
 #include "distmla/reference.h"
@@ -102,6 +103,9 @@ struct Case {
   bool out_fp32 = false;
   std::vector<int> lengths = {};
   uint64_t seed = 1;
+  // KV row t of a sequence of length L is scaled by kv_gain(t, L) (bf16 only): scores that rise
+  // along the sequence, so that the kernels' exponent base moves after the first block.
+  float (*kv_gain)(int t, int L) = nullptr;
 };
 
 std::string describe(const Case& c) {
@@ -125,7 +129,18 @@ distmla::Workload make(const Case& c) {
   o.causal = c.causal;
   o.dtype = c.dtype;
   o.seed = c.seed;
-  return distmla::make_workload(o);
+  distmla::Workload w = distmla::make_workload(o);
+  if (c.kv_gain) {
+    const int page = w.shape.page_size, mb = w.shape.max_blocks_per_seq;
+    for (int b = 0; b < w.shape.batch; ++b) {
+      const int L = w.seqlens[b];
+      for (int t = 0; t < L; ++t) {
+        uint16_t* row = w.kv.data() + (static_cast<size_t>(w.block_table[b * mb + t / page]) * page + t % page) * 576;
+        for (int d = 0; d < 576; ++d) row[d] = distmla::float_to_bf16(distmla::bf16_to_float(row[d]) * c.kv_gain(t, L));
+      }
+    }
+  }
+  return w;
 }
 
 // A case on the GPU: its device buffers, a CUDA plan, the workspace and a stream.
@@ -242,6 +257,18 @@ TEST(GpuDecode, MixedOneTokenAnd100k) {
   SKIP_WITHOUT_SM90();
   Case c{6, 1, 16, 64, 0};
   c.lengths = {1, 100000, 0, 5, 64, 65};
+  run_case(c);
+}
+// Scores that rise along each sequence move the exponent base in later blocks: smoothly (P near
+// the 2^8 bound the kernel lets it reach before it moves the base), and by a jump of ~100 in log2
+// units half-way (P at the old base overflows to inf).
+TEST(GpuDecode, RisingScoresMoveTheBase) {
+  SKIP_WITHOUT_SM90();
+  Case c{4, 2, 128, 64, 3000};
+  c.kv_gain = [](int t, int L) { return 1.f + 4.f * static_cast<float>(t) / static_cast<float>(L); };
+  run_case(c);
+  c.kv_gain = [](int t, int L) { return 2 * t >= L ? 40.f : 1.f; };
+  c.h_q = 16;
   run_case(c);
 }
 TEST(GpuDecode, AllZeroLengths) {
