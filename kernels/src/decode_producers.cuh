@@ -62,6 +62,14 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
     const int L = m.seq_len[i];
     const bool staged = staged_epilogue<kDSplit>(p, a, e);
     for (int n = a; n < e; ++n) {
+      // The block's pieces (R tokens of a page) below the length. Their block-table entries are
+      // read before the waits for the stage, so that the load's latency is not added to the
+      // refill's once the stage is free.
+      const int tok = n * kBlockN;
+      const int np = min(pieces, (L - tok + R - 1) / R);
+      int rows[kBlockN / 16];
+#pragma unroll
+      for (int k = 0; k < kBlockN / 16; ++k) rows[k] = k < np ? kv_piece_row(p, i, tok + k * R) : 0;
       const int stage = produced % kStages;
       if (produced >= kStages) mbar_wait(empty0 + 8 * stage, ((produced / kStages) - 1) & 1);
       if (held >> stage & 1) {
@@ -77,14 +85,13 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
       }
       DMLA_TRACE(produced < 48, kTrIssue + produced);
       const uint32_t dst = sKV0 + stage * kTileBytes, full = stage_full_bars(bar0, stage);
-      // The block's pieces (R tokens of a page) below the length; a barrier a chunk, chunks in the
-      // order the warpgroups' Q K^T reads them (kv_chunk_order).
-      const int tok = n * kBlockN;
-      const int np = min(pieces, (L - tok + R - 1) / R);
+      // A barrier a chunk, chunks in the order the warpgroups' Q K^T reads them (kv_chunk_order).
       for (int c = 0; c < kChunks; ++c)
         mbar_arrive_expect_tx(full + 8 * c, static_cast<uint32_t>(np * R * 128));
-      for (int k = 0; k < np; ++k) {
-        const int row = kv_piece_row(p, i, tok + k * R);
+#pragma unroll
+      for (int k = 0; k < kBlockN / 16; ++k) {
+        if (k >= np) break;
+        const int row = rows[k];
 #pragma unroll 1
         for (int j = 0; j < kChunks; ++j) {
           const int c = kv_chunk_order(j);
