@@ -240,10 +240,21 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const int r0 = warp_in_wg * 16 + lane / 4;
   const int cq = 2 * (lane % 4);
 
+  // The schedule's entries of a sequence are read one sequence ahead, and its split's at its
+  // start: global loads whose latency would otherwise sit between two sequences' blocks and at
+  // the head of the epilogue.
+  int nx_us = m.seq_ustart[seq_begin], nx_nb = m.seq_nblk[seq_begin], nx_L = m.seq_len[seq_begin];
   for (int i = seq_begin; i < seq_end; ++i) {
+    const int L = nx_L;
     int a, e;
-    part_block_range(m, W, part, i, a, e);
-    const int L = m.seq_len[i];
+    part_block_range(nx_us, nx_nb, W, part, a, e);
+    if (i + 1 < seq_end) {
+      nx_us = m.seq_ustart[i + 1];
+      nx_nb = m.seq_nblk[i + 1];
+      nx_L = m.seq_len[i + 1];
+    }
+    const bool direct = m.seq_nsplit[i] <= 1;
+    const int split_slot = m.seq_split_base[i] + part - m.seq_first_part[i];
 
     [[maybe_unused]] const bool tr = tid == 0 && nseq < 8;  // trace builds (decode_trace.cuh)
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqStart);
@@ -443,8 +454,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         lse_r[h] = NEG_INF;
       }
     }
-    const bool direct = m.seq_nsplit[i] <= 1;
-    const size_t slot = static_cast<size_t>(m.seq_split_base[i] + part - m.seq_first_part[i]);
+    const size_t slot = static_cast<size_t>(split_slot);
     if (staged_epilogue<kDSplit>(p, a, e)) {
       const int last = (consumed - 1) % kStages;
       stage_rows_16bit<Elem>(p, o, inv, lse_r, i, tile, r0, wg, warp_in_wg, lane, direct, slot,

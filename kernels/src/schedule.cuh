@@ -146,12 +146,13 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
 }
 
 // Block range [a, e) of sequence i handled by part p.
-__device__ __forceinline__ void part_block_range(const Meta& m, int W, int p, int i, int& a, int& e) {
-  int us = m.seq_ustart[i];
-  int nb = m.seq_nblk[i];
+__device__ __forceinline__ void part_block_range(int us, int nb, int W, int p, int& a, int& e) {
   a = max(p * W - us, 0);
   e = min((p + 1) * W - us, nb);
   if (e < a) e = a;
+}
+__device__ __forceinline__ void part_block_range(const Meta& m, int W, int p, int i, int& a, int& e) {
+  part_block_range(m.seq_ustart[i], m.seq_nblk[i], W, p, a, e);
 }
 
 }  // namespace distmla::kernels::detail
