@@ -260,8 +260,9 @@ TEST(GpuDecode, MixedOneTokenAnd100k) {
   run_case(c);
 }
 // Scores that rise along each sequence move the exponent base in later blocks: smoothly (P near
-// the 2^8 bound the kernel lets it reach before it moves the base), and by a jump of ~100 in log2
-// units half-way (P at the old base overflows to inf).
+// the 2^8 bound the kernel lets it reach before it moves the base), and by a jump of ~60 in log2
+// units half-way (P ~2^60 at the old base: the vote sends the block to the exact path). P that
+// overflows to inf at the base is every sequence's first block (base -inf).
 TEST(GpuDecode, RisingScoresMoveTheBase) {
   SKIP_WITHOUT_SM90();
   Case c{4, 2, 128, 64, 3000};
