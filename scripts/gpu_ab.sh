@@ -8,6 +8,9 @@
 # side other than new / base names another folder laid out like BASE ("new build-v1 base").
 # BARGS defaults to "-i 2000" (each row from an idle card: rounds agree within 0.5%; without it a row
 # inherits the power state the rows before it left, up to 17% slower: docs/PERFORMANCE.md, run 42).
+# ROWS_FILE: a file of bench rows, one a line ("-b 128 -s 8192 -H 128 -V 1", "-b 128 -s 1024
+# -H 16 -V 0 -g 1 -r 1"), each run on its own after BARGS instead of every row of DESIGN.md:
+# a few rows, many rounds (runs 54-55 measured this way).
 set -u
 export NCCL_NVLS_ENABLE=0
 NEW=${NEW:-build-dist}
@@ -26,7 +29,16 @@ for round in ${ROUNDS:-1 2}; do
       lib="$PWD/$dir:$RT"; bench="$dir/distmla_bench"
     fi
     echo "## round $round $v"
-    env LD_LIBRARY_PATH="$lib" $ev timeout 150 "$bench" ${BARGS:--i 2000} 2>&1 | grep -v "^#" |
-      awk '{printf "%s %s %s %s %s | %s %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
+    if [ -n "${ROWS_FILE:-}" ]; then
+      while read -r row; do
+        [ -z "$row" ] && continue
+        # shellcheck disable=SC2086  # a row is several arguments
+        env LD_LIBRARY_PATH="$lib" $ev timeout 60 "$bench" ${BARGS:--i 2000} $row 2>&1 | grep -v "^#" | tail -1 |
+          awk '{printf "%s %s %s %s %s | %s %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
+      done <"$ROWS_FILE"
+    else
+      env LD_LIBRARY_PATH="$lib" $ev timeout 150 "$bench" ${BARGS:--i 2000} 2>&1 | grep -v "^#" |
+        awk '{printf "%s %s %s %s %s | %s %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
+    fi
   done
 done
