@@ -46,6 +46,10 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
 // Runs 27-28: written from registers, the stores held the consumers 2-4.5 us a 64-row tile, and
 // with the bulk copies issued and awaited by the consumers themselves 3.3 us.
 // v6 only (v3's consumers spill with it).
+// Stage s's "the cluster peer's readers are done with it" barrier (KV multicast), kStages after
+// the o_free ones: 8 arrivals a block, from the peer's consumer warps or its store warp.
+__device__ __forceinline__ uint32_t stage_peer_free(uint32_t o_free0, int stage) { return o_free0 + 8 * (kStages + stage); }
+
 template <bool kDSplit>
 __device__ __forceinline__ bool staged_epilogue(const Params& p, int a, int e) {
   return kDSplit && !p.out_fp32 && e > a;
@@ -141,6 +145,10 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     bulk_commit();
     bulk_wait_read();
     mbar_arrive(o_free0 + 8 * s);  // every lane, once its own copies have read the stage
+    if (p.kv_multicast) {  // the stage's release to the peer, for its 8 consumer warps
+      __syncwarp();
+      if (lane == 0) mbar_arrive_peer(stage_peer_free(o_free0, s), cluster_ctarank() ^ 1, kThreads / 32);
+    }
   }
   bulk_wait();
   DMLA_TRACE_NS(lane == 0, kTrStoreNs);

@@ -24,8 +24,6 @@ __device__ __forceinline__ int kv_piece_row(const Params& p, int i, int tok0) {
 // Stage s's full barriers, one a chunk: chunk c's is stage_full_bars(bar0, s) + 8 c.
 __device__ __forceinline__ uint32_t stage_full_bars(uint32_t bar0, int stage) { return bar0 + 8 * kChunks * stage; }
 
-// Stage s's "the cluster peer found it free" barrier (KV multicast), kStages after the o_free ones.
-__device__ __forceinline__ uint32_t stage_peer_free(uint32_t o_free0, int stage) { return o_free0 + 8 * (kStages + stage); }
 
 // v6's Q K^T reads chunks 0-4 in warpgroup 0 and 4-8 in warpgroup 1, so the loads alternate
 // between the two halves: each warpgroup's first product waits for one chunk, not for the block.
@@ -41,10 +39,11 @@ __device__ __forceinline__ int kv_chunk_order(int j) { return j == 8 ? 8 : (j % 
 // With p.kv_multicast the CTA and its cluster peer (the part's other row tile: the same blocks in
 // the same order) each load every other chunk into both CTAs, so L2 sends each block once instead
 // of twice. Each arms its own chunk barriers for the whole block. A stage is refilled once it is
-// free in both CTAs: each producer, having found it free here (empty, o_free), arrives on the
-// peer's stage_peer_free barrier and waits on its own. Every such arrival is awaited by a refill
-// of the peer, so no CTA exits with an arrival on its way to it, and each CTA's consumers wait
-// for every byte written into it.
+// free in both CTAs: here (empty, o_free) and in the peer, whose readers say so on this CTA's
+// stage_peer_free barrier themselves (its 8 consumer warps, or its store warp for a stage that
+// held a staged O tile), without a hop through the peer's producer. Every block's arrival is
+// awaited, the last kStages ones by a drain before this thread exits, so no CTA exits with an
+// arrival on its way to it, and each CTA's consumers wait for every byte written into it.
 template <bool kDSplit, bool kMulticast>
 __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Params& p, uint32_t sKV0, uint32_t bar0,
                                             uint32_t empty0, uint32_t o_free0, int part, int seq_begin,
@@ -78,11 +77,8 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
         held &= ~(1u << stage);
       }
       if (staged && n == e - 1) held |= 1u << stage;
-      if (kMulticast && produced >= kStages) {
-        const uint32_t peer_free = stage_peer_free(o_free0, stage);
-        mbar_arrive_peer(peer_free, cluster_ctarank() ^ 1);
-        mbar_wait_cluster(peer_free, ((produced / kStages) - 1) & 1);
-      }
+      if (kMulticast && produced >= kStages)
+        mbar_wait_cluster(stage_peer_free(o_free0, stage), ((produced / kStages) - 1) & 1);
       DMLA_TRACE(produced < 48, kTrIssue + produced);
       const uint32_t dst = sKV0 + stage * kTileBytes, full = stage_full_bars(bar0, stage);
       // A barrier a chunk, chunks in the order the warpgroups' Q K^T reads them (kv_chunk_order).
@@ -109,6 +105,11 @@ __device__ __forceinline__ void kv_producer(const CUtensorMap& kv_map, const Par
       }
       ++produced;
     }
+  }
+  if constexpr (kMulticast) {
+    // the peer's releases of the last blocks, which no refill awaited
+    for (uint32_t b = produced > kStages ? produced - kStages : 0; b < produced; ++b)
+      mbar_wait_cluster(stage_peer_free(o_free0, b % kStages), (b / kStages) & 1);
   }
 }
 

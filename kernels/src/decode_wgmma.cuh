@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     mbar_init(q_empty, kThreads / 32);
     for (int s = 0; s < kStages; ++s) mbar_init(o_full0 + 8 * s, kThreads / 32);
     for (int s = 0; s < kStages; ++s) mbar_init(o_free0 + 8 * s, 32);
-    for (int s = 0; s < kStages; ++s) mbar_init(stage_peer_free(o_free0, s), 1);  // KV multicast
+    for (int s = 0; s < kStages; ++s) mbar_init(stage_peer_free(o_free0, s), kThreads / 32);  // KV multicast
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     fence_proxy_async();
   }
@@ -424,7 +424,13 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       DMLA_TRACE(tid == 0 && consumed < 64, kTrBlkDone + consumed);
       if (kDSplit && wg == 1) fence_proxy_async();
       __syncwarp();
-      if (lane == 0) mbar_arrive(empty0 + 8 * stage);
+      if (lane == 0) {
+        mbar_arrive(empty0 + 8 * stage);
+        // KV multicast: to the peer's producer too, unless the store warp releases this stage
+        // after its copies (the sequence's staged O tile goes into it)
+        if (p.kv_multicast && !(n == e - 1 && staged_epilogue<kDSplit>(p, a, e)))
+          mbar_arrive_peer(stage_peer_free(o_free0, stage), cluster_ctarank() ^ 1);
+      }
       ++consumed;
     }
 
