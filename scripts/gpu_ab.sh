@@ -17,6 +17,8 @@ NEW=${NEW:-build-dist}
 BASE=${BASE:-build-base}
 RT="$PWD/$NEW/cudart"  # a carried libcudart, if the build copied one there
 nvidia-smi -L
+# bench output (header lines dropped) -> b s_q S h_q varlen | us graph_us graph_r1_us
+rows_of() { grep -v "^#" | awk '{printf "%s %s %s %s %s | %s %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'; }
 for round in ${ROUNDS:-1 2}; do
   for v in ${VARIANTS:-new base}; do
     side=${v%%:*}
@@ -33,12 +35,10 @@ for round in ${ROUNDS:-1 2}; do
       while read -r row; do
         [ -z "$row" ] && continue
         # shellcheck disable=SC2086  # a row is several arguments
-        env LD_LIBRARY_PATH="$lib" $ev timeout 60 "$bench" ${BARGS:--i 2000} $row 2>&1 | grep -v "^#" | tail -1 |
-          awk '{printf "%s %s %s %s %s | %s %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
+        env LD_LIBRARY_PATH="$lib" $ev timeout 60 "$bench" ${BARGS:--i 2000} $row 2>&1 | rows_of | tail -1
       done <"$ROWS_FILE"
     else
-      env LD_LIBRARY_PATH="$lib" $ev timeout 150 "$bench" ${BARGS:--i 2000} 2>&1 | grep -v "^#" |
-        awk '{printf "%s %s %s %s %s | %s %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
+      env LD_LIBRARY_PATH="$lib" $ev timeout 150 "$bench" ${BARGS:--i 2000} 2>&1 | rows_of
     fi
   done
 done
