@@ -3,14 +3,17 @@
 
   DISTMLA_TRACE_FILE=t.bin distmla_bench -b 128 -s 1024 -H 128    # the last launch, at exit
   DISTMLA_TRACE_FILE=t.bin DISTMLA_TRACE_SYNC=1 distmla_bench ... -g 0   # launches alone
-  python3 scripts/decode_trace.py t.bin
+  python3 scripts/decode_trace.py t.bin [--blocks]
 
 Prints, as medians over the CTAs in microseconds (clock64 converted with each CTA's own clock
 against %globaltimer): when the CTAs passed griddepcontrol.wait and finished, when the store
 warp's copies completed and when the split combine ran (first start, last end); per sequence j of a
 part, the wait for its Q tile, the block loop, and the epilogue (row sums, barrier, the stores or
 staging, the last warp); the first block's wait for its KV stage; then the median wait and the
-median compute (stage full -> P V done) over the later blocks.
+median compute (stage full -> P V done) over the later blocks, the block periods' tail, and for
+v6 the store warp's first staged tile (o_full seen, copies read, the stage's refill issued).
+--blocks also lists, block by block, the medians of: the period, the refill's issue after the
+stage's previous block was done, and issue -> P V done.
 """
 import statistics as st
 import struct
@@ -18,11 +21,12 @@ import sys
 
 CTAS, SLOTS = 264, 256
 ENTRY_NS, EXIT_NS, ENTRY, PDL, EXIT, STORE_NS, SEQS, BLOCKS = 0, 1, 2, 3, 4, 5, 6, 7
-SEQ, BLK_WAIT, BLK_DONE, PDL_NS, COMBINE_NS = 8, 72, 136, 248, 250
+SEQ, BLK_WAIT, BLK_DONE, ISSUE, PDL_NS, COMBINE_NS, STORE_FULL, STORE_READ = 8, 72, 136, 200, 248, 250, 252, 253
+EPI_ARRIVE, EPI_STM, EPI_ROWS = 249, 254, 255
 START, QREADY, SUMS, SYNCED, LOOPEND, END, EPISYNC, LASTWARP = range(8)
 
 
-def main(path):
+def main(path, blocks=False):
     data = open(path, "rb").read()
     words = struct.unpack("<%dQ" % (len(data) // 8), data)
     ctas = [words[c * SLOTS:(c + 1) * SLOTS] for c in range(CTAS)]
@@ -49,6 +53,13 @@ def main(path):
         print("  sequence %d (%3d CTAs): Q wait %.2f, block loop %.2f, epilogue: sums %.2f, barrier %.2f, out %.2f, last warp %.2f"
               % (j, len(rows), med(START, QREADY), med(SYNCED, LOOPEND), med(LOOPEND, SUMS), med(SUMS, EPISYNC),
                  med(EPISYNC, END), med(EPISYNC, LASTWARP)))
+    last = [r for r in ctas if r[EPI_ARRIVE] > r[EPI_ROWS] > r[EPI_STM] > 0 and 0 < r[SEQS] <= 8]
+    if last:  # v6's staged epilogue, thread 0, the part's last sequence
+        b = lambda r: SEQ + 8 * (r[SEQS] - 1)
+        print("  last staged epilogue, thread 0: stmatrix %.2f, row table and lse %.2f, fence and o_full %.2f us"
+              % (st.median(us(r[EPI_STM] - r[b(r) + EPISYNC]) for r in last),
+                 st.median(us(r[EPI_ROWS] - r[EPI_STM]) for r in last),
+                 st.median(us(r[EPI_ARRIVE] - r[EPI_ROWS]) for r in last)))
     nblk = min(64, int(st.median(r[BLOCKS] for r in ctas)))
     if nblk < 2:
         return
@@ -64,9 +75,26 @@ def main(path):
         q = lambda f: per[min(len(per) - 1, int(f * len(per)))]
         print("  block period: mean %.2f, p50 %.2f, p90 %.2f, p99 %.2f, max %.2f us (%d periods)"
               % (st.mean(per), q(0.5), q(0.9), q(0.99), per[-1], len(per)))
+    staged = [r for r in ctas if r[STORE_READ] > r[STORE_FULL] > 0 and r[SEQS] > 1]
+    if staged:  # the first sequence's staged O tile and the refill of its stage (block k0 + 2)
+        k0 = lambda r: min(47, int(r[BLOCKS] / r[SEQS])) - 1  # the first sequence's last block (uniform lengths)
+        print("  first staged tile (%d CTAs): o_full seen %.2f us after its P V, copies read %.2f later, "
+              "the stage's refill issued %.2f later"
+              % (len(staged), st.median(us(r[STORE_FULL] - r[BLK_DONE + k0(r)]) for r in staged),
+                 st.median(us(r[STORE_READ] - r[STORE_FULL]) for r in staged),
+                 st.median(us(r[ISSUE + k0(r) + 2] - r[STORE_READ]) for r in staged)))
+    if blocks:
+        for k in range(1, min(nblk, 48)):
+            rows = [r for r in ctas if r[BLOCKS] > k]
+            refill = (" refill issued %.2f after block %d done," % (st.median(us(r[ISSUE + k] - r[BLK_DONE + k - 2]) for r in rows), k - 2)
+                      if k >= 2 else "")
+            print("    block %2d: period %.2f,%s issue -> done %.2f" % (
+                k, st.median(us(r[BLK_DONE + k] - r[BLK_DONE + k - 1]) for r in rows), refill,
+                st.median(us(r[BLK_DONE + k] - r[ISSUE + k]) for r in rows)))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = [a for a in sys.argv[1:] if a != "--blocks"]
+    if len(args) != 1:
         sys.exit(__doc__)
-    main(sys.argv[1])
+    main(args[0], "--blocks" in sys.argv[1:])

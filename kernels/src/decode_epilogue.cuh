@@ -75,10 +75,12 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
       stmatrix_x4(row_addr + v * 32, w[0], w[1], w[2], w[3]);
     }
   }
+  DMLA_TRACE(threadIdx.x == 0, kTrEpiStm);
   // lse, and the offsets of this warp's 16 rows (in out or the partials: row_dst's choice, written
   // out here because row_dst's 64-bit lse pointer made the v6 consumers spill 16 bytes) into the
-  // stage's table, written by lane 0 alone (the store warp reads them after o_full, which only
-  // lane 0's arrival publishes).
+  // stage's table by the lanes that hold them (lane 4k: rows r0 and r0 + 8), published like the
+  // stmatrix rows by the __syncwarp and lane 0's o_full arrival. (Gathering them to lane 0 by
+  // shuffles cost 0.2 us a tile, run 56.)
   if (wg == 0) {
     long long off[2];
 #pragma unroll
@@ -97,18 +99,16 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
         }
       }
     }
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const long long o0 = __shfl_sync(0xffffffffu, off[0], 4 * k), o1 = __shfl_sync(0xffffffffu, off[1], 4 * k);
-      if (lane == 0) {
-        st_shared_s64(s_stage + kORowTable + 8 * (warp_in_wg * 16 + k), o0);
-        st_shared_s64(s_stage + kORowTable + 8 * (warp_in_wg * 16 + 8 + k), o1);
-      }
+    if (lane % 4 == 0) {
+      st_shared_s64(s_stage + kORowTable + 8 * r0, off[0]);
+      st_shared_s64(s_stage + kORowTable + 8 * (r0 + 8), off[1]);
     }
   }
+  DMLA_TRACE(threadIdx.x == 0, kTrEpiRows);
   fence_proxy_async();  // the generic stmatrix writes, before the bulk copies read them
   __syncwarp();
   if (lane == 0) mbar_arrive(o_full_bar);
+  DMLA_TRACE(threadIdx.x == 0, kTrEpiArrive);
 }
 
 // The store warp (warp 10, in the producer warpgroup): for each sequence of the part whose
@@ -131,6 +131,7 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     uint16_t* dst = static_cast<uint16_t*>(m.seq_nsplit[i] <= 1 ? p.out : m.part_o);
     const int s = (blocks - 1) % kStages;
     mbar_wait(o_full0 + 8 * s, parity >> s & 1);
+    DMLA_TRACE(lane == 0 && i == seq_begin, kTrStoreFull);
     parity ^= 1u << s;
     const uint32_t tile_base = sKV0 + s * kTileBytes;
 #pragma unroll
@@ -140,6 +141,7 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     }
     bulk_commit();
     bulk_wait_read();
+    DMLA_TRACE(lane == 0 && i == seq_begin, kTrStoreRead);
     mbar_arrive(o_free0 + 8 * s);  // every lane, once its own copies have read the stage
   }
   bulk_wait();

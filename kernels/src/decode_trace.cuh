@@ -30,6 +30,11 @@ enum TraceSlot : int {
   kTrPdlNs = 248,    // %globaltimer after griddepcontrol.wait
   kTrCombineNs = 250,  // row 0 only: the combine's first start and last end (%globaltimer;
                        // reset by decode CTA 0, then atomicMin / atomicMax by the combine CTAs)
+  kTrStoreFull = 252,  // the store warp's first staged tile: o_full seen (v6)
+  kTrStoreRead = 253,  // ... its copies have read the stage (o_free arrivals)
+  kTrEpiStm = 254,     // the last staged tile, thread 0: its stmatrix done,
+  kTrEpiRows = 255,    // ... its rows' offsets and lse written,
+  kTrEpiArrive = 249,  // ... fenced and arrived on o_full
 };
 enum SeqField : int {
   kSeqStart = 0, kSeqQReady, kSeqSums, kSeqSynced, kSeqLoopEnd, kSeqEnd, kSeqEpiSync, kSeqLastWarp
