@@ -51,8 +51,7 @@ __device__ __forceinline__ bool staged_epilogue(const Params& p, int a, int e) {
   return kDSplit && !p.out_fp32 && e > a;
 }
 constexpr int kORowBytes = kDV * 2 + 16;
-constexpr int kORowTable = kBlockM * kORowBytes;  // then each row's element offset in out (-1: none)
-static_assert(kORowTable + kBlockM * 8 <= kTileBytes, "the staged O tile must fit a KV stage");
+static_assert(kBlockM * kORowBytes <= kTileBytes, "the staged O tile must fit a KV stage");
 template <typename Elem>
 __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&o)[128], const float (&inv)[2],
                                                  const float (&lse_r)[2], int i, int tile, int r0, int wg,
@@ -76,32 +75,22 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
     }
   }
   DMLA_TRACE(threadIdx.x == 0, kTrEpiStm);
-  // lse, and the offsets of this warp's 16 rows (in out or the partials: row_dst's choice, written
-  // out here because row_dst's 64-bit lse pointer made the v6 consumers spill 16 bytes) into the
-  // stage's table by the lanes that hold them (lane 4k: rows r0 and r0 + 8), published like the
-  // stmatrix rows by the __syncwarp and lane 0's o_full arrival. (Gathering them to lane 0 by
-  // shuffles cost 0.2 us a tile, run 56.)
+  // The rows' lse (warpgroup 0, a lane of four); where each row goes, the store warp works out
+  // itself (run 56: a table of row offsets handed over in smem cost the consumers 0.5-0.7 us a
+  // tile).
   if (wg == 0) {
-    long long off[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int gr = tile * kBlockM + r0 + 8 * h;
-      off[h] = -1;
       if (gr < p.rows) {
         if (direct) {
           const SliceRowOffsets dst = out_row(p, i, gr);
           if (lane % 4 == 0) p.lse[dst.lse] = lse_r[h];
-          off[h] = static_cast<long long>(dst.o);
         } else {
           const size_t row = slot * p.rows + gr;
           if (lane % 4 == 0) p.meta.part_lse[row] = lse_r[h];
-          off[h] = static_cast<long long>(row * kDV);
         }
       }
-    }
-    if (lane % 4 == 0) {
-      st_shared_s64(s_stage + kORowTable + 8 * r0, off[0]);
-      st_shared_s64(s_stage + kORowTable + 8 * (r0 + 8), off[1]);
     }
   }
   DMLA_TRACE(threadIdx.x == 0, kTrEpiRows);
@@ -127,8 +116,10 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     part_block_range(m, W, part, i, a, e);
     blocks += e - a;
     if (!staged_epilogue<kDSplit>(p, a, e)) continue;
-    // the rows' base (row_dst's): out, or the split partials
-    uint16_t* dst = static_cast<uint16_t*>(m.seq_nsplit[i] <= 1 ? p.out : m.part_o);
+    // the rows' destinations (row_dst's): out, or the split's partials
+    const bool direct = m.seq_nsplit[i] <= 1;
+    uint16_t* dst = static_cast<uint16_t*>(direct ? p.out : m.part_o);
+    const size_t slot = direct ? 0 : m.seq_split_base[i] + part - m.seq_first_part[i];
     const int s = (blocks - 1) % kStages;
     mbar_wait(o_full0 + 8 * s, parity >> s & 1);
     DMLA_TRACE(lane == 0 && i == seq_begin, kTrStoreFull);
@@ -136,8 +127,11 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     const uint32_t tile_base = sKV0 + s * kTileBytes;
 #pragma unroll
     for (int r = lane; r < kBlockM; r += 32) {
-      const long long off = ld_shared_s64(tile_base + kORowTable + 8 * r);
-      if (off >= 0) bulk_store(dst + off, tile_base + r * kORowBytes, kDV * 2);
+      const int gr = blockIdx.y * kBlockM + r;  // row tile blockIdx.y
+      if (gr < p.rows) {
+        const size_t off = direct ? out_row(p, i, gr).o : (slot * p.rows + gr) * kDV;
+        bulk_store(dst + off, tile_base + r * kORowBytes, kDV * 2);
+      }
     }
     bulk_commit();
     bulk_wait_read();

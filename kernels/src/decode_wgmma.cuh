@@ -216,8 +216,9 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 
   if (tid >= kThreads) {
     // producer warpgroup: gives registers back; the KV thread runs ahead of the consumers by
-    // kStages blocks, the Q thread by one sequence, off their critical path
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    // kStages blocks, the Q thread by one sequence, off their critical path. 56: the store warp
+    // works out each row's place in out (out_row); 128 x 56 + 256 x 224 fits the 64K registers.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
     if (tid == kThreads) {
       if (p.kv_multicast) kv_producer<kDSplit, true>(kv_map, p, sKV0, bar0, empty0, o_free0, part, seq_begin, seq_end);
       else kv_producer<kDSplit, false>(kv_map, p, sKV0, bar0, empty0, o_free0, part, seq_begin, seq_end);
@@ -226,7 +227,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     if (kDSplit && tid / 32 == kThreads / 32 + 2)
       o_store_warp<kDSplit>(p, sKV0, o_full0, o_free0, part, seq_begin, seq_end, lane);
   } else {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
 
   uint32_t consumed = 0, nseq = 0;
   // This warp is done with the Q tile (its last Q K^T of the sequence has completed; v6: warpgroup
