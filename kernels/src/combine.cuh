@@ -36,6 +36,31 @@ __device__ __forceinline__ float4 to_float4(const uint2& v) {
                      T::to_float(v.y >> 16));
 }
 
+// The combine CTA (blockIdx.x = sequence i, rows of one row tile) waits until the decode CTAs
+// have counted all ns splits of its row tile; the last CTA of the row tile past the wait resets
+// both counters for the next call (whose decode starts after this grid is complete). A count
+// that never comes (a bug) traps after 10 s instead of hanging the stream.
+template <int kQ>
+__device__ __forceinline__ void wait_for_splits(const Params& p, int i, int ns) {
+  constexpr int kRowsPerCta = 8 / kQ;
+  const int tile = blockIdx.y * kRowsPerCta / kBlockM;
+  const int idx = i * ((p.rows + kBlockM - 1) / kBlockM) + tile;
+  if (threadIdx.x == 0) {
+    const unsigned long long deadline = globaltimer_ns() + 10000000000ull;
+    while (ld_acquire_gpu(p.meta.split_ready + idx) < ns) {
+      __nanosleep(256);
+      if (globaltimer_ns() > deadline) __trap();
+    }
+    const int first = tile * kBlockM / kRowsPerCta;
+    const int end = (min((tile + 1) * kBlockM, p.rows) + kRowsPerCta - 1) / kRowsPerCta;
+    if (atomicAdd(p.meta.combine_done + idx, 1) == end - first - 1) {
+      p.meta.split_ready[idx] = 0;
+      p.meta.combine_done[idx] = 0;
+    }
+  }
+  __syncthreads();
+}
+
 // Part: float (fp32 out) or uint16_t (16-bit out), the partials' type (Meta::part_o).
 template <typename Elem, int kQ, typename Part>
 __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
@@ -44,10 +69,22 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
   // registers (4 CTAs an SM; 8 took 78)
   constexpr int kGroup = kQ == 2 ? 4 : 4 * kQ;
   using V = PartVec<Part>;
-  pdl_wait();
-  DMLA_TRACE_COMBINE(threadIdx.x == 0, false);
   const Meta& m = p.meta;
   const int i = blockIdx.x;
+  if (p.count_splits) {
+    // Wait for this sequence's splits of this CTA's row tile only (their count, Meta::split_ready),
+    // not for the whole decode grid: the splits that finish early are merged on the SMs of the
+    // decode CTAs that are done, while the others still run. (The schedule it reads was complete
+    // before the decode grid, and so this grid, started.) One CTA does wait for the whole decode
+    // grid, so that this grid completes after it: what follows in the stream, a later kernel's
+    // griddepcontrol.wait included, then finds the decode's writes complete too.
+    if (blockIdx.x == 0 && blockIdx.y == 0) pdl_wait();
+    if (m.seq_nsplit[i] <= 1) return;
+    wait_for_splits<kQ>(p, i, m.seq_nsplit[i]);
+  } else {
+    pdl_wait();
+  }
+  DMLA_TRACE_COMBINE(threadIdx.x == 0, false);
   const int ns = m.seq_nsplit[i];
   if (ns <= 1) return;
   const int w = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -137,6 +137,14 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     bulk_wait_read();
     DMLA_TRACE(lane == 0 && i == seq_begin, kTrStoreRead);
     mbar_arrive(o_free0 + 8 * s);  // every lane, once its own copies have read the stage
+    if (!direct) {  // a split: counted for the combine once its rows are written (its lse, by the
+                    // consumers before o_full, is ordered before this warp's fence)
+      bulk_wait();
+      fence_proxy_async_global();
+      __threadfence();
+      __syncwarp();
+      if (lane == 0) atomicAdd(&m.split_ready[i * gridDim.y + blockIdx.y], 1);
+    }
   }
   bulk_wait();
   DMLA_TRACE_NS(lane == 0, kTrStoreNs);

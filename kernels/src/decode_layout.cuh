@@ -38,6 +38,11 @@ struct WsLayout {
   size_t part_end = 0;    // int[P]
   size_t part_o = 0;      // [max_splits][rows][512], the out type (Meta::part_o); sized for fp32
   size_t part_lse = 0;    // float[max_splits][rows]
+  // int[b][row tiles] each: the splits of a sequence's row tile whose partials are written (zeroed
+  // by the schedule kernel, counted by the decode CTAs, reset by the combine), and the combine
+  // CTAs of the row tile past their wait for them (combine.cuh).
+  size_t split_ready = 0;
+  size_t combine_done = 0;
   size_t total = 0;
   int num_parts = 1;
   int max_splits = 0;
@@ -73,6 +78,8 @@ inline WsLayout make_layout(const DecodeShape& s) {
   w.part_end = take(w.num_parts * sizeof(int));
   w.part_o = take(static_cast<size_t>(w.max_splits) * rows * kDV * sizeof(float));
   w.part_lse = take(static_cast<size_t>(w.max_splits) * rows * sizeof(float));
+  w.split_ready = take(b * num_row_tiles(s) * sizeof(int));
+  w.combine_done = take(b * num_row_tiles(s) * sizeof(int));
   w.total = off;
   return w;
 }
@@ -91,6 +98,8 @@ struct Meta {
   // cross ranks); 16-bit halves the bytes they add to a memory-bound step (run 36).
   void* part_o;
   float* part_lse;
+  int* split_ready;   // WsLayout::split_ready
+  int* combine_done;  // WsLayout::combine_done
 };
 
 inline Meta make_meta(const WsLayout& w, void* ws) {
@@ -107,6 +116,8 @@ inline Meta make_meta(const WsLayout& w, void* ws) {
   m.part_end = reinterpret_cast<int*>(base + w.part_end);
   m.part_o = base + w.part_o;
   m.part_lse = reinterpret_cast<float*>(base + w.part_lse);
+  m.split_ready = reinterpret_cast<int*>(base + w.split_ready);
+  m.combine_done = reinterpret_cast<int*>(base + w.combine_done);
   return m;
 }
 
@@ -123,6 +134,10 @@ struct Params {
   // 1: the CTAs of row tiles 2k and 2k + 1 of a part form a cluster and each loads half of every
   // KV block into both (TMA multicast): half the L2-to-SM traffic (decode_producers.cuh).
   int kv_multicast;
+  // 1: the decode kernel counts each split's partials into Meta::split_ready once they are
+  // written, and the combine waits for those counts instead of the whole decode grid (the wgmma
+  // kernels; the simple one does not count).
+  int count_splits;
   // Output head slices (kernels::OutSlices; one slice of h_q heads is the plain layout).
   int num_slices, max_slice, slice_base, slice_rem;  // base = h_q / num_slices, rem = h_q % num_slices
   size_t out_slice_stride, lse_slice_stride;        // elements

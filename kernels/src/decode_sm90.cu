@@ -252,7 +252,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   cudaError_t err;
   const KernelKind kind = kernel_kind();
   if (!reuse_schedule) {
-    schedule_kernel<<<1, kSchedThreads, 0, stream>>>(t.seqlens, meta, s.batch, max_len, w.num_parts);
+    schedule_kernel<<<1, kSchedThreads, 0, stream>>>(t.seqlens, meta, s.batch, max_len, w.num_parts, tiles);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -285,6 +285,7 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   err = device_setup<Elem>(&facts);
   if (err != cudaSuccess) return err;
   const dim3 grid(w.num_parts, tiles);
+  p.count_splits = kind == KernelKind::kSimple ? 0 : 1;
   if (kind == KernelKind::kSimple) {
     err = launch_pdl(decode_simple_kernel<Elem>, grid, dim3(256), 0, stream, p);
   } else {

@@ -462,6 +462,11 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
                              sKV0 + last * kTileBytes, o_full0 + 8 * last);
     } else {
       write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, direct, slot);
+      if (!direct) {  // a split: counted for the combine once every thread's rows are written
+        __threadfence();
+        consumer_sync();
+        if (tid == 0) atomicAdd(&m.split_ready[i * gridDim.y + tile], 1);
+      }
     }
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqEnd);
     DMLA_TRACE_MAX(lane == 0 && nseq < 8, kTrSeq + 8 * nseq + kSeqLastWarp);

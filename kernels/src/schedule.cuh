@@ -24,8 +24,12 @@ __device__ __forceinline__ int floor_div(int x, int d) {
 
 __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* __restrict__ seqlens,
                                                                  Meta m, int batch, int max_len,
-                                                                 int num_parts) {
+                                                                 int num_parts, int num_tiles) {
   pdl_launch_dependents();
+  for (int k = threadIdx.x; k < batch * num_tiles; k += kSchedThreads) {  // this call's split counts
+    m.split_ready[k] = 0;
+    m.combine_done[k] = 0;
+  }
   using Scan = cub::BlockScan<int, kSchedThreads>;
   __shared__ typename Scan::TempStorage tmp;
   __shared__ int s_carry;
