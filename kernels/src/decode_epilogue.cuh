@@ -102,9 +102,10 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
 
 // The store warp (warp 10, in the producer warpgroup): for each sequence of the part whose
 // epilogue is staged, waits for the consumers' O tile in the stage of its last block (o_full),
-// copies the rows the consumers gave an offset to out with bulk copies (two rows a lane), and
-// frees the stage for the producer once the copies have read it (o_free, an arrival a lane).
-// Before exiting it waits for its copies' writes.
+// copies the tile's valid rows to out or to the split's partials with bulk copies (two rows a
+// lane), and frees the stage for the producer once the copies have read it (o_free, an arrival a
+// lane); a split is then counted for the combine once its rows are written. Before exiting it
+// waits for its copies' writes.
 template <bool kDSplit>
 __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uint32_t o_full0, uint32_t o_free0,
                                              int part, int seq_begin, int seq_end, int lane) {
