@@ -56,7 +56,7 @@ def main(path, blocks=False):
     last = [r for r in ctas if r[EPI_ARRIVE] > r[EPI_ROWS] > r[EPI_STM] > 0 and 0 < r[SEQS] <= 8]
     if last:  # v6's staged epilogue, thread 0, the part's last sequence
         b = lambda r: SEQ + 8 * (r[SEQS] - 1)
-        print("  last staged epilogue, thread 0: stmatrix %.2f, row table and lse %.2f, fence and o_full %.2f us"
+        print("  last staged epilogue, thread 0: stmatrix %.2f, lse %.2f, fence and o_full %.2f us"
               % (st.median(us(r[EPI_STM] - r[b(r) + EPISYNC]) for r in last),
                  st.median(us(r[EPI_ROWS] - r[EPI_STM]) for r in last),
                  st.median(us(r[EPI_ARRIVE] - r[EPI_ROWS]) for r in last)))

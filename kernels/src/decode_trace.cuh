@@ -33,7 +33,7 @@ enum TraceSlot : int {
   kTrStoreFull = 252,  // the store warp's first staged tile: o_full seen (v6)
   kTrStoreRead = 253,  // ... its copies have read the stage (o_free arrivals)
   kTrEpiStm = 254,     // the last staged tile, thread 0: its stmatrix done,
-  kTrEpiRows = 255,    // ... its rows' offsets and lse written,
+  kTrEpiRows = 255,    // ... its lse written,
   kTrEpiArrive = 249,  // ... fenced and arrived on o_full
 };
 enum SeqField : int {
