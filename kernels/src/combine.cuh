@@ -7,6 +7,7 @@
 #include "decode_layout.cuh"
 #include "decode_trace.cuh"
 #include "ptx.cuh"
+#include "schedule.cuh"
 
 namespace distmla::kernels::detail {
 
@@ -44,7 +45,7 @@ template <int kQ>
 __device__ __forceinline__ void wait_for_splits(const Params& p, int i, int ns) {
   constexpr int kRowsPerCta = 8 / kQ;
   const int tile = blockIdx.y * kRowsPerCta / kBlockM;
-  const int idx = i * ((p.rows + kBlockM - 1) / kBlockM) + tile;
+  const int idx = split_count_word(i, (p.rows + kBlockM - 1) / kBlockM, tile);
   if (threadIdx.x == 0) {
     const unsigned long long deadline = globaltimer_ns() + 10000000000ull;
     while (ld_acquire_gpu(p.meta.split_ready + idx) < ns) {
@@ -71,22 +72,17 @@ __global__ void __launch_bounds__(256) combine_kernel(const Params p) {
   using V = PartVec<Part>;
   const Meta& m = p.meta;
   const int i = blockIdx.x;
-  if (p.count_splits) {
-    // Wait for this sequence's splits of this CTA's row tile only (their count, Meta::split_ready),
-    // not for the whole decode grid: the splits that finish early are merged on the SMs of the
-    // decode CTAs that are done, while the others still run. (The schedule it reads was complete
-    // before the decode grid, and so this grid, started.) One CTA does wait for the whole decode
-    // grid, so that this grid completes after it: what follows in the stream, a later kernel's
-    // griddepcontrol.wait included, then finds the decode's writes complete too.
-    if (blockIdx.x == 0 && blockIdx.y == 0) pdl_wait();
-    if (m.seq_nsplit[i] <= 1) return;
-    wait_for_splits<kQ>(p, i, m.seq_nsplit[i]);
-  } else {
-    pdl_wait();
-  }
-  DMLA_TRACE_COMBINE(threadIdx.x == 0, false);
+  // With p.count_splits a CTA waits for this sequence's splits of its row tile only (their count,
+  // Meta::split_ready), not for the whole decode grid: the splits that finish early are merged on
+  // the SMs of the decode CTAs that are done, while the others still run. (The schedule it reads
+  // was complete before the decode grid, and so this grid, started.) One CTA does wait for the
+  // whole decode grid, so that this grid completes after it: what follows in the stream, a later
+  // kernel's griddepcontrol.wait included, then finds the decode's writes complete too.
+  if (!p.count_splits || (blockIdx.x == 0 && blockIdx.y == 0)) pdl_wait();
   const int ns = m.seq_nsplit[i];
   if (ns <= 1) return;
+  if (p.count_splits) wait_for_splits<kQ>(p, i, ns);
+  DMLA_TRACE_COMBINE(threadIdx.x == 0, false);
   const int w = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gr = w / kQ, q = w % kQ;
   if (gr >= p.rows) return;

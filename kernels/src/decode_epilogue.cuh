@@ -117,10 +117,8 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     part_block_range(m, W, part, i, a, e);
     blocks += e - a;
     if (!staged_epilogue<kDSplit>(p, a, e)) continue;
-    // the rows' destinations (row_dst's): out, or the split's partials
     const bool direct = m.seq_nsplit[i] <= 1;
-    uint16_t* dst = static_cast<uint16_t*>(direct ? p.out : m.part_o);
-    const size_t slot = direct ? 0 : m.seq_split_base[i] + part - m.seq_first_part[i];
+    const size_t slot = direct ? 0 : part_split_slot(m, i, part);
     const int s = (blocks - 1) % kStages;
     mbar_wait(o_full0 + 8 * s, parity >> s & 1);
     DMLA_TRACE(lane == 0 && i == seq_begin, kTrStoreFull);
@@ -130,8 +128,8 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     for (int r = lane; r < kBlockM; r += 32) {
       const int gr = blockIdx.y * kBlockM + r;  // row tile blockIdx.y
       if (gr < p.rows) {
-        const size_t off = direct ? out_row(p, i, gr).o : (slot * p.rows + gr) * kDV;
-        bulk_store(dst + off, tile_base + r * kORowBytes, kDV * 2);
+        const RowDst d = row_dst(p, i, gr, direct, slot);
+        bulk_store(static_cast<uint16_t*>(d.base) + d.o, tile_base + r * kORowBytes, kDV * 2);
       }
     }
     bulk_commit();
@@ -144,7 +142,7 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
       fence_proxy_async_global();
       __threadfence();
       __syncwarp();
-      if (lane == 0) atomicAdd(&m.split_ready[i * gridDim.y + blockIdx.y], 1);
+      if (lane == 0) atomicAdd(&m.split_ready[split_count_word(i, gridDim.y, blockIdx.y)], 1);
     }
   }
   bulk_wait();

@@ -24,7 +24,7 @@ __global__ void __launch_bounds__(256, 1) decode_simple_kernel(const Params p) {
     part_block_range(m, W, part, i, a, e);
     const int L = m.seq_len[i];
     const int nsplit = m.seq_nsplit[i];
-    const size_t slot = static_cast<size_t>(m.seq_split_base[i] + part - m.seq_first_part[i]);
+    const size_t slot = static_cast<size_t>(part_split_slot(m, i, part));
     for (int r = warp; r < kBlockM; r += 8) {
       const int gr = tile * kBlockM + r;
       if (gr >= p.rows) break;

@@ -9,6 +9,8 @@
 // per-block waits). Run 27 in docs/PERFORMANCE.md found the short rows' overhead with it.
 #include <cstdint>
 
+#include "ptx.cuh"
+
 namespace distmla::kernels::detail {
 
 constexpr int kTraceCtas = 264;   // grid.x * grid.y of any launch (132 SMs x 2 row tiles)
@@ -42,11 +44,6 @@ enum SeqField : int {
 
 #if DISTMLA_DECODE_TRACE
 __device__ unsigned long long g_decode_trace[kTraceCtas][kTraceSlots];
-__device__ __forceinline__ unsigned long long trace_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 __device__ __forceinline__ unsigned long long* trace_row() {
   return g_decode_trace[blockIdx.y * gridDim.x + blockIdx.x];
 }
@@ -62,7 +59,7 @@ __device__ __forceinline__ unsigned long long* trace_row() {
   do {                                                                                       \
     if (cond) atomicMax(&::distmla::kernels::detail::trace_row()[(slot)], (unsigned long long)clock64()); \
   } while (0)
-#define DMLA_TRACE_NS(cond, slot) DMLA_TRACE_VALUE(cond, slot, ::distmla::kernels::detail::trace_ns())
+#define DMLA_TRACE_NS(cond, slot) DMLA_TRACE_VALUE(cond, slot, ::distmla::kernels::detail::globaltimer_ns())
 #define DMLA_TRACE_COMBINE_RESET(cond)                                     \
   do {                                                                    \
     if (cond) {                                                           \
@@ -74,8 +71,8 @@ __device__ __forceinline__ unsigned long long* trace_row() {
   do {                                                                                              \
     if (cond) {                                                                                     \
       unsigned long long* r = ::distmla::kernels::detail::g_decode_trace[0];                        \
-      if (end) atomicMax(&r[kTrCombineNs + 1], ::distmla::kernels::detail::trace_ns());             \
-      else atomicMin(&r[kTrCombineNs], ::distmla::kernels::detail::trace_ns());                     \
+      if (end) atomicMax(&r[kTrCombineNs + 1], ::distmla::kernels::detail::globaltimer_ns());       \
+      else atomicMin(&r[kTrCombineNs], ::distmla::kernels::detail::globaltimer_ns());               \
     }                                                                                               \
   } while (0)
 #else

@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       nx_L = m.seq_len[i + 1];
     }
     const bool direct = m.seq_nsplit[i] <= 1;
-    const int split_slot = m.seq_split_base[i] + part - m.seq_first_part[i];
+    const int split_slot = part_split_slot(m, i, part);
 
     [[maybe_unused]] const bool tr = tid == 0 && nseq < 8;  // trace builds (decode_trace.cuh)
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqStart);
@@ -465,7 +465,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       if (!direct) {  // a split: counted for the combine once every thread's rows are written
         __threadfence();
         consumer_sync();
-        if (tid == 0) atomicAdd(&m.split_ready[i * gridDim.y + tile], 1);
+        if (tid == 0) atomicAdd(&m.split_ready[split_count_word(i, gridDim.y, tile)], 1);
       }
     }
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqEnd);

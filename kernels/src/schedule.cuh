@@ -159,4 +159,11 @@ __device__ __forceinline__ void part_block_range(const Meta& m, int W, int p, in
   part_block_range(m.seq_ustart[i], m.seq_nblk[i], W, p, a, e);
 }
 
+// Part p's split of sequence i: its index among the partials (Meta::part_o, part_lse).
+__device__ __forceinline__ int part_split_slot(const Meta& m, int i, int p) {
+  return m.seq_split_base[i] + p - m.seq_first_part[i];
+}
+// The word of Meta::split_ready (and combine_done) that counts sequence i's row tile `tile`.
+__device__ __forceinline__ int split_count_word(int i, int tiles, int tile) { return i * tiles + tile; }
+
 }  // namespace distmla::kernels::detail
