@@ -107,10 +107,6 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
 // row; -inf before the row has one, for which a finite S gives inf and a masked one NaN: the
 // caller's vote catches both), its row sums (ls), and P in bf16 out to its half of the P tile
 // ([64 rows][64 tokens], K-major, 128B swizzle), fenced for the P V that reads it.
-#ifndef DISTMLA_POLY_EXP_MASK
-#define DISTMLA_POLY_EXP_MASK 0
-#endif
-constexpr unsigned kPolyExpMask = DISTMLA_POLY_EXP_MASK;
 template <typename Elem>
 __device__ __forceinline__ void exp_and_stage_p(const float (&s)[16], float (&ls)[2], const float (&base)[2], float scale_log2,
                                                 uint8_t* gP, int r0, int cq, int wg) {
@@ -121,9 +117,8 @@ __device__ __forceinline__ void exp_and_stage_p(const float (&s)[16], float (&ls
     ls[h] = 0.f;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const float x0 = fmaf(s[4 * j + 2 * h], scale_log2, nb), x1 = fmaf(s[4 * j + 2 * h + 1], scale_log2, nb);
-      const float p0 = (kPolyExpMask >> (4 * j + 2 * h) & 1) ? ex2_poly(x0) : ex2_ftz(x0);
-      const float p1 = (kPolyExpMask >> (4 * j + 2 * h + 1) & 1) ? ex2_poly(x1) : ex2_ftz(x1);
+      const float p0 = ex2_ftz(fmaf(s[4 * j + 2 * h], scale_log2, nb));
+      const float p1 = ex2_ftz(fmaf(s[4 * j + 2 * h + 1], scale_log2, nb));
       ls[h] += p0 + p1;
       const int unit = 4 * wg + j;
       *reinterpret_cast<uint32_t*>(gP + r * 128 + ((unit ^ (r & 7)) * 16) + cq * 2) = ElemTraits<Elem>::pack(p0, p1);

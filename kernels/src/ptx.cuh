@@ -166,19 +166,6 @@ __device__ __forceinline__ float ex2_ftz(float x) {
   return y;
 }
 
-// 2^x on the FMA pipe (no MUFU): x clamped to [-126, 126] (NaN kept: min/max.NaN), rounded to
-// the nearest integer j by the 1.5 * 2^23 trick, 2^(x - j) by a degree-3 minimax polynomial on
-// [-0.5, 0.5] (relative error 7.5e-5, under a bf16 or fp16 P's rounding), and j added to the
-// exponent field. The softmax computes part of its exponentials this way so that they issue
-// beside the MUFU ones (16 SFU lanes an SM against 128 FMA lanes).
-__device__ __forceinline__ float ex2_poly(float x) {
-  asm("max.NaN.f32 %0, %0, 0fC2FC0000;\n\tmin.NaN.f32 %0, %0, 0f42FC0000;\n" : "+f"(x));
-  const float t = x + 12582912.f;
-  const float f = x - (t - 12582912.f);
-  const float p = fmaf(fmaf(fmaf(5.517166853e-2f, f, 2.426111251e-1f), f, 6.932609677e-1f), f, 9.999280572e-1f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-}
-
 // Shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63).
 __device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
   uint64_t d = 0;
