@@ -131,7 +131,7 @@ __device__ uint64_t pull_begin(const PeerWindow& w) {
   __shared__ uint64_t epoch;
   if (threadIdx.x == 0) {
     const bool traced = w.trace != nullptr && blockIdx.x == 0;
-    const uint64_t t0 = traced ? now_ns() : 0;
+    const uint64_t t0 = traced ? globaltimer_ns() : 0;
     const int me = w.rank;
     const WindowCtrl my(w, me);
     const Failure err{w.error, my.failed()};
@@ -149,7 +149,7 @@ __device__ uint64_t pull_begin(const PeerWindow& w) {
       uint64_t* r = w.trace + 4 * ((e - 1) % w.trace_len);
       r[0] = e;
       r[1] = t0;
-      r[2] = now_ns();
+      r[2] = globaltimer_ns();
     }
     epoch = e;
   }
@@ -174,7 +174,7 @@ __device__ void pull_end(const PeerWindow& w, uint64_t e) {
   uint64_t deadline = 0;
   for (int p = 0; p < w.world; ++p)
     if (p != me && !thread_wait_ge(my.freed(p), e, deadline, w.timeout_ns, err, kPeerErrFreeTimeout | p)) return;
-  if (w.trace) w.trace[4 * ((e - 1) % w.trace_len) + 3] = now_ns();
+  if (w.trace) w.trace[4 * ((e - 1) % w.trace_len) + 3] = globaltimer_ns();
   st_volatile(my.epoch(), e);
 }
 

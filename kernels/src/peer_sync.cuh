@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "distmla/kernels/peer_exchange.h"
+#include "globaltimer.cuh"
 
 namespace distmla::kernels::detail {
 
@@ -18,11 +19,6 @@ __device__ __forceinline__ void red_add_release_sys(uint64_t* p, uint64_t v) {
 }
 __device__ __forceinline__ void st_release_sys(uint64_t* p, uint64_t v) {
   asm volatile("st.release.sys.global.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ uint64_t now_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
-  return t;
 }
 __device__ __forceinline__ uint64_t ld_volatile(const uint64_t* p) { return *reinterpret_cast<const volatile uint64_t*>(p); }
 __device__ __forceinline__ void st_volatile(uint64_t* p, uint64_t v) { *reinterpret_cast<volatile uint64_t*>(p) = v; }
@@ -44,9 +40,9 @@ struct Failure {
 __device__ __forceinline__ bool thread_wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline,
                                                uint64_t timeout_ns, const Failure& err, unsigned code) {
   if (ld_acquire_sys(p) >= target) return true;
-  if (deadline == 0) deadline = now_ns() + timeout_ns;
+  if (deadline == 0) deadline = globaltimer_ns() + timeout_ns;
   while (ld_acquire_sys(p) < target) {
-    if (now_ns() > deadline) {
+    if (globaltimer_ns() > deadline) {
       err.set(code);
       return false;
     }

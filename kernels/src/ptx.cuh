@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "globaltimer.cuh"
 #include "wgmma_ops.cuh"
 
 namespace distmla::kernels::detail {
@@ -131,11 +132,6 @@ __device__ __forceinline__ int ld_acquire_gpu(const int* p) {
   int v;
   asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
   return v;
-}
-__device__ __forceinline__ unsigned long long globaltimer_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
-  return t;
 }
 // This thread's bulk-copy (async proxy) writes to global, ordered before its later generic
 // accesses and fences.
