@@ -22,7 +22,8 @@
 //   tsplit (v3): the same with Q K^T split by tokens (m64n32 products), out from registers;
 //   simple: CUDA cores, one warp per row (debug reference for schedule/combine).
 //
-// Files: decode_layout.cuh (sizes, workspace, Params), ptx.cuh (PTX wrappers), schedule.cuh,
+// Files: decode_layout.cuh (sizes, workspace, Params), ptx.cuh (PTX wrappers; its clock in
+// globaltimer.cuh, shared with the cross-GPU kernels), schedule.cuh,
 // decode_wgmma.cuh (v6 / v3: Q K^T and the kernel), decode_producers.cuh (the TMA producer warps),
 // decode_epilogue.cuh (out from registers or staged through smem and the store warp),
 // decode_simple.cuh, combine.cuh; this file holds the host side.
