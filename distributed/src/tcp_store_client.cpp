@@ -178,6 +178,8 @@ struct TcpStoreClient::Impl {
         if (status == w::kOk) return dmlaSuccess;
         if (status == w::kTimeout)
           return set_error(dmlaErrorTimeout, "store: key '" + full + "' not set within " + std::to_string(ms) + " ms");
+        if (status == w::kAborted)
+          return set_error(dmlaErrorComm, "store: aborted: " + std::string(reply->begin(), reply->end()));
         return set_error(dmlaErrorInvalidArgument, "store: server rejected the request for key '" + full + "'");
       }
       if (last == dmlaErrorTimeout) return last;
@@ -235,6 +237,12 @@ dmlaResult_t TcpStoreClient::add(const std::string& key, int64_t delta, int64_t*
   if (reply.size() != 8) return set_error(dmlaErrorComm, "store add: reply of " + std::to_string(reply.size()) + " bytes");
   if (result) std::memcpy(result, reply.data(), 8);
   return dmlaSuccess;
+}
+
+dmlaResult_t TcpStoreClient::abort(const std::string& reason, int timeout_ms) {
+  std::vector<uint8_t> reply;
+  const std::string r = reason.substr(0, 4096);  // a message, not a payload
+  return impl_->call(w::kAbort, "abort", std::vector<uint8_t>(r.begin(), r.end()), timeout_ms, &reply);
 }
 
 }  // namespace distmla::dist

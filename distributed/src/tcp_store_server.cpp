@@ -1,5 +1,6 @@
 // TCP store server: one io_context thread, one session per connection, one request in flight a
-// session. wait/get on a missing key park the session until a set/add of that key or its timeout.
+// session. wait/get on a missing key park the session until a set/add of that key, its timeout,
+// or an abort (which also answers every later get/wait at once).
 #include <boost/asio.hpp>
 
 #include <algorithm>
@@ -27,6 +28,8 @@ class Session;
 struct State {
   std::map<std::string, std::vector<uint8_t>> data;
   std::multimap<std::string, std::weak_ptr<Session>> waiters;
+  bool aborted = false;
+  std::vector<uint8_t> abort_reason;  // the first abort's
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -34,12 +37,13 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(tcp::socket sock, State& st) : sock_(std::move(sock)), timer_(sock_.get_executor()), st_(st) {}
   void start() { read_header(); }
 
-  // Called when key (which this session waits for) was set.
-  void fulfil(const std::vector<uint8_t>& value) {
+  // Called when key (which this session waits for) was set, or (status kAborted, value = the
+  // reason) when the job was aborted.
+  void fulfil(const std::vector<uint8_t>& value, uint16_t status = w::kOk) {
     if (!waiting_) return;
     waiting_ = false;
     timer_.cancel();
-    reply(w::kOk, op_ == w::kGet ? value : std::vector<uint8_t>{});
+    reply(status, op_ == w::kGet || status == w::kAborted ? value : std::vector<uint8_t>{});
   }
 
  private:
@@ -86,8 +90,22 @@ class Session : public std::enable_shared_from_this<Session> {
         notify(key);
         return;
       }
+      case w::kAbort: {
+        if (!st_.aborted) {
+          st_.aborted = true;
+          st_.abort_reason = value;
+        }
+        reply(w::kOk, {});
+        std::vector<std::shared_ptr<Session>> parked;
+        for (auto& kv : st_.waiters)
+          if (auto s = kv.second.lock()) parked.push_back(s);
+        st_.waiters.clear();
+        for (auto& s : parked) s->fulfil(st_.abort_reason, w::kAborted);
+        return;
+      }
       case w::kGet:
       case w::kWait: {
+        if (st_.aborted) return reply(w::kAborted, st_.abort_reason);
         auto it = st_.data.find(key);
         if (it != st_.data.end()) return reply(w::kOk, op_ == w::kGet ? it->second : std::vector<uint8_t>{});
         waiting_ = true;

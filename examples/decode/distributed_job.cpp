@@ -91,8 +91,27 @@ struct Launch {
   std::unique_ptr<TcpStoreClient> store;
 };
 
-int run(const JobOptions& opt) {
-  Launch L;
+// The end of a store launch. A rank that failed (failure: its message) first aborts the store, so
+// that the other ranks' store calls fail at once with its reason instead of waiting out their
+// deadlines (a bad launch is refused by every rank within a second, not after a minute). Then
+// every rank counts itself out, and rank 0, which hosts the store, leaves only after all the
+// others have (10 s at most: a rank blocked elsewhere, e.g. in NCCL, has deadlines of its own).
+void leave_store(Launch& L, const char* failure) {
+  if (!L.store) return;
+  if (failure) L.store->abort("rank " + std::to_string(L.rank) + ": " + failure, 10000);  // rank 0 may start late
+  int64_t n = 0;
+  if (!L.server) {
+    L.store->add("exited", 1, &n, 2000);
+    return;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (n < L.world - 1 && std::chrono::steady_clock::now() < deadline) {
+    if (L.store->add("exited", 0, &n, 2000) != dmlaSuccess) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+int run(const JobOptions& opt, Launch& L) {
   if (!opt.store.empty()) {
     if (opt.rank < 0 || opt.world < 1)
       throw Error(dmlaErrorInvalidArgument, "--store " + opt.store + " needs --rank and --world");
@@ -360,33 +379,26 @@ int run(const JobOptions& opt) {
   groups = {};
   comm.reset();  // communicators before MPI_Finalize; the store server (rank 0) goes last
   if (L.mpi) MPI_Finalize();
-  if (L.store) {
-    // Rank 0 hosts the store: it leaves only after every other rank is done with it.
-    int64_t n = 0;
-    if (L.server) {
-      for (int i = 0; i < 1000 && n < L.world - 1; ++i) {
-        if (L.store->add("exited", 0, &n) != dmlaSuccess) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-    } else {
-      L.store->add("exited", 1, &n);
-    }
-  }
+  leave_store(L, nullptr);
   return verdict[0] > 0 ? 1 : 0;
 }
 
 }  // namespace
 
 int run_distributed_job(const JobOptions& opt) {
+  Launch L;
+  std::string failure;
   try {
-    return run(opt);
+    return run(opt, L);
   } catch (const Error& e) {
-    std::fprintf(stderr, "distmla_decode: %s (%s)\n", e.what(), dmlaGetErrorString(e.code()));
+    failure = std::string(e.what()) + " (" + dmlaGetErrorString(e.code()) + ")";
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "distmla_decode: %s\n", e.what());
+    failure = e.what();
   }
+  std::fprintf(stderr, "distmla_decode: %s\n", failure.c_str());
   // The other ranks may wait in a collective for this one: end the job rather than let them
-  // run into their deadlines.
+  // run into their deadlines (the store's abort, or MPI_Abort).
+  leave_store(L, failure.c_str());
   int inited = 0, finalized = 0;
   MPI_Initialized(&inited);
   MPI_Finalized(&finalized);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "distmla/dist/error.h"
 #include "distmla/dist/tcp_store.h"
 #include "distmla/distmla.hpp"
 
@@ -45,12 +46,14 @@ NodeRanks node_ranks_store(dist::TcpStoreClient& store, int rank, int world, int
   const std::string me = this_host();
   const std::vector<uint8_t> v(me.begin(), me.end());
   dmlaResult_t rc = store.set("host/" + std::to_string(rank), v, timeout_ms);
-  if (rc != dmlaSuccess) throw Error(rc, "store: publishing this rank's host name (rank " + std::to_string(rank) + ")");
+  if (rc != dmlaSuccess)
+    throw Error(rc, "publishing this rank's host name (rank " + std::to_string(rank) + "): " + dist::last_error_message());
   std::vector<std::string> hosts(static_cast<size_t>(world));
   for (int r = 0; r < world; ++r) {
     std::vector<uint8_t> h;
     rc = store.get("host/" + std::to_string(r), &h, timeout_ms);
-    if (rc != dmlaSuccess) throw Error(rc, "store: rank " + std::to_string(r) + " did not publish its host name");
+    if (rc != dmlaSuccess)
+      throw Error(rc, "rank " + std::to_string(r) + "'s host name: " + dist::last_error_message());
     hosts[static_cast<size_t>(r)].assign(h.begin(), h.end());
   }
   return node_ranks_from_hosts(hosts, rank);

@@ -1,5 +1,5 @@
 // TCP store on 127.0.0.1 with an ephemeral port: set/get/wait/add, deadlines, server gone,
-// reconnect with backoff, 16 concurrent clients, bad frames.
+// reconnect with backoff, 16 concurrent clients, bad frames, abort.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -263,4 +263,34 @@ TEST(TcpStore, RejectsBadArgumentsBeforeSending) {
   EXPECT_FALSE(parse_host_port("127.0.0.1", &h, &p, &err));
   EXPECT_FALSE(parse_host_port("host:99999", &h, &p, &err));
   EXPECT_NE(err.find("99999"), std::string::npos);
+}
+
+TEST(TcpStore, AbortEndsParkedAndLaterWaitsWithItsReason) {
+  TcpStoreServer server("127.0.0.1", 0);
+  TcpStoreClient waiter("127.0.0.1", server.port(), "job", fast(20000));
+  TcpStoreClient failing("127.0.0.1", server.port(), "other", fast(20000));
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(failing.abort("rank 1: bad layout"), dmlaSuccess) << last_error_message();
+  });
+  // A get parked on a key nobody will set returns at the abort, not at its 20 s deadline.
+  std::vector<uint8_t> v;
+  auto t0 = Clock::now();
+  EXPECT_EQ(waiter.get("never", &v), dmlaErrorComm);
+  EXPECT_NE(std::string(last_error_message()).find("aborted: rank 1: bad layout"), std::string::npos) << last_error_message();
+  EXPECT_LT(ms_since(t0), 3000);
+  t.join();
+  // Later gets and waits fail at once, under any prefix and for keys that exist too.
+  ASSERT_EQ(waiter.set("k", bytes("v")), dmlaSuccess) << last_error_message();  // set still works
+  t0 = Clock::now();
+  EXPECT_EQ(failing.wait("k2"), dmlaErrorComm);
+  EXPECT_EQ(waiter.get("k", &v), dmlaErrorComm);
+  EXPECT_LT(ms_since(t0), 1000);
+  // add still works (ranks count themselves out); a second abort keeps the first reason.
+  int64_t n = 0;
+  EXPECT_EQ(waiter.add("exited", 1, &n), dmlaSuccess);
+  EXPECT_EQ(n, 1);
+  EXPECT_EQ(waiter.abort("rank 2: later"), dmlaSuccess);
+  EXPECT_EQ(waiter.wait("k"), dmlaErrorComm);
+  EXPECT_NE(std::string(last_error_message()).find("rank 1: bad layout"), std::string::npos) << last_error_message();
 }

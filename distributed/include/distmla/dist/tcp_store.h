@@ -1,7 +1,10 @@
 // A small key-value store on Boost.Asio for bootstrap without MPI (N processes started with
-// --rank --world --store host:port). Operations: set, get (waits for the key), wait, add.
+// --rank --world --store host:port). Operations: set, get (waits for the key), wait, add, abort.
 // Every call has a deadline; the client reconnects with exponential backoff; keys are
-// namespaced per client prefix (one prefix per communicator).
+// namespaced per client prefix (one prefix per communicator). abort(reason) is for a rank that
+// fails: every get or wait on the server, parked or later and under any prefix, then fails at
+// once with that reason instead of waiting out its deadline (set and add still work, so ranks can
+// count themselves out).
 //
 // Wire format (versioned, little-endian), request:
 //   u32 magic 'DMKV' | u16 version | u16 op | u32 key_len | u32 value_len | u32 timeout_ms
@@ -27,8 +30,8 @@ constexpr uint32_t kMaxKey = 1024;
 constexpr uint32_t kMaxValue = 16u << 20;
 constexpr size_t kRequestHeader = 20;
 constexpr size_t kResponseHeader = 12;
-enum Op : uint16_t { kSet = 1, kGet = 2, kWait = 3, kAdd = 4 };
-enum Status : uint16_t { kOk = 0, kTimeout = 1, kBadRequest = 2 };
+enum Op : uint16_t { kSet = 1, kGet = 2, kWait = 3, kAdd = 4, kAbort = 5 };
+enum Status : uint16_t { kOk = 0, kTimeout = 1, kBadRequest = 2, kAborted = 3 };  // kAborted: value = reason
 }  // namespace store_wire
 
 class TcpStoreServer {
@@ -73,6 +76,9 @@ class TcpStoreClient {
   dmlaResult_t wait(const std::string& key, int timeout_ms = -1);
   // Atomically adds delta to the int64 counter under key (absent = 0); *result = new value.
   dmlaResult_t add(const std::string& key, int64_t delta, int64_t* result, int timeout_ms = -1);
+  // Marks the job failed on the server (the first reason is kept): every get / wait then fails
+  // with dmlaErrorComm and "store: aborted: <reason>".
+  dmlaResult_t abort(const std::string& reason, int timeout_ms = -1);
 
  private:
   struct Impl;
