@@ -12,6 +12,7 @@
 #include <cmath>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -384,6 +385,35 @@ int run(const JobOptions& opt, Launch& L) {
 }
 
 }  // namespace
+
+void abort_store_launch(int argc, char** argv, const std::string& why) {
+  std::string store;
+  long rank = -1, world = -1;
+  auto number = [](const char* s) {
+    char* end = nullptr;
+    const long v = std::strtol(s, &end, 10);
+    return (end != s && *end == '\0') ? v : -1L;
+  };
+  for (int i = 1; i + 1 < argc; ++i) {
+    const std::string f = argv[i];
+    if (f == "--store") store = argv[i + 1];
+    if (f == "--rank") rank = number(argv[i + 1]);
+    if (f == "--world") world = number(argv[i + 1]);
+  }
+  std::string host, err;
+  int port = 0;
+  if (store.empty() || rank < 0 || world < 2 || rank >= world || !parse_host_port(store, &host, &port, &err)) return;
+  Launch L;
+  L.rank = static_cast<int>(rank);
+  L.world = static_cast<int>(world);
+  try {
+    if (L.rank == 0) L.server = std::make_unique<TcpStoreServer>(host, port);  // it hosts the store
+    L.store = std::make_unique<TcpStoreClient>(host, port, "distmla_decode");
+  } catch (const std::exception&) {
+    return;
+  }
+  leave_store(L, why.c_str());
+}
 
 int run_distributed_job(const JobOptions& opt) {
   Launch L;

@@ -44,5 +44,9 @@ void print_job_usage(const char* argv0);
 
 int run_single_device_job(const JobOptions& opt);   // single_job.cpp
 int run_distributed_job(const JobOptions& opt);     // distributed_job.cpp
+// For a command line that did not parse: if it still names a store launch (--store, --rank,
+// --world), ends that job on the store as any failing rank does (the others fail at once with
+// why instead of waiting out their deadlines for a rank that never joins). distributed_job.cpp.
+void abort_store_launch(int argc, char** argv, const std::string& why);
 
 }  // namespace distmla::examples

@@ -13,6 +13,9 @@ int main(int argc, char** argv) {
   std::string err;
   if (!parse_job_options(argc, argv, &opt, &help, &err)) {
     std::fprintf(stderr, "%s: %s\n", argv[0], err.c_str());
+#ifdef DISTMLA_HAVE_DIST
+    abort_store_launch(argc, argv, err);
+#endif
     return 2;
   }
   if (help) {
