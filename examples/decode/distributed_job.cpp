@@ -12,7 +12,6 @@
 #include <cmath>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -112,17 +111,23 @@ void leave_store(Launch& L, const char* failure) {
   }
 }
 
+// A store launch's rank: rank 0 hosts the store; every rank has a client on it. Throws on a bad
+// address or a store that cannot listen.
+void open_store(Launch& L, const JobOptions& opt) {
+  L.rank = opt.rank;
+  L.world = opt.world;
+  std::string host, err;
+  int port = 0;
+  if (!parse_host_port(opt.store, &host, &port, &err)) throw Error(dmlaErrorInvalidArgument, err);
+  if (L.rank == 0) L.server = std::make_unique<TcpStoreServer>(host, port);
+  L.store = std::make_unique<TcpStoreClient>(host, port, "distmla_decode");
+}
+
 int run(const JobOptions& opt, Launch& L) {
   if (!opt.store.empty()) {
     if (opt.rank < 0 || opt.world < 1)
       throw Error(dmlaErrorInvalidArgument, "--store " + opt.store + " needs --rank and --world");
-    L.rank = opt.rank;
-    L.world = opt.world;
-    std::string host, err;
-    int port = 0;
-    if (!parse_host_port(opt.store, &host, &port, &err)) throw Error(dmlaErrorInvalidArgument, err);
-    if (L.rank == 0) L.server = std::make_unique<TcpStoreServer>(host, port);
-    L.store = std::make_unique<TcpStoreClient>(host, port, "distmla_decode");
+    open_store(L, opt);
   } else {
     int inited = 0;
     MPI_Initialized(&inited);
@@ -386,29 +391,10 @@ int run(const JobOptions& opt, Launch& L) {
 
 }  // namespace
 
-void abort_store_launch(int argc, char** argv, const std::string& why) {
-  std::string store;
-  long rank = -1, world = -1;
-  auto number = [](const char* s) {
-    char* end = nullptr;
-    const long v = std::strtol(s, &end, 10);
-    return (end != s && *end == '\0') ? v : -1L;
-  };
-  for (int i = 1; i + 1 < argc; ++i) {
-    const std::string f = argv[i];
-    if (f == "--store") store = argv[i + 1];
-    if (f == "--rank") rank = number(argv[i + 1]);
-    if (f == "--world") world = number(argv[i + 1]);
-  }
-  std::string host, err;
-  int port = 0;
-  if (store.empty() || rank < 0 || world < 2 || rank >= world || !parse_host_port(store, &host, &port, &err)) return;
+void abort_store_launch(const JobOptions& launch, const std::string& why) {
   Launch L;
-  L.rank = static_cast<int>(rank);
-  L.world = static_cast<int>(world);
   try {
-    if (L.rank == 0) L.server = std::make_unique<TcpStoreServer>(host, port);  // it hosts the store
-    L.store = std::make_unique<TcpStoreClient>(host, port, "distmla_decode");
+    open_store(L, launch);
   } catch (const std::exception&) {
     return;
   }

@@ -11,6 +11,8 @@ namespace distmla::examples {
 
 namespace {
 
+constexpr long long kIntMax = std::numeric_limits<int>::max();
+
 bool parse_int64(const std::string& s, long long* v) {
   if (s.empty()) return false;
   errno = 0;
@@ -42,24 +44,57 @@ bool bool01(const std::string& flag, const std::string& val, bool* out, std::str
   return false;
 }
 
+// "--flag=value" into its flag and value (true); any other argument is a flag alone (false).
+bool split_flag(const std::string& arg, std::string* flag, std::string* val) {
+  *flag = arg;
+  const size_t eq = arg.find('=');
+  if (arg.rfind("--", 0) != 0 || eq == std::string::npos) return false;
+  *val = arg.substr(eq + 1);
+  *flag = arg.substr(0, eq);
+  return true;
+}
+
+// A store launch's flags (--store, --rank, --world): *known false for any other flag; false with
+// *err on a bad value.
+bool launch_flag(const std::string& flag, const std::string& val, JobOptions* opt, bool* known, std::string* err) {
+  *known = true;
+  if (flag == "--store") {
+    const size_t colon = val.rfind(':');
+    long long port;
+    if (colon == std::string::npos || colon == 0 || !parse_int64(val.substr(colon + 1), &port) || port < 1 ||
+        port > 65535) {
+      *err = flag + " " + val + ": store must be host:port with port 1..65535";
+      return false;
+    }
+    opt->store = val;
+    return true;
+  }
+  if (flag == "--rank") return int_in(flag, val, 0, kIntMax, "rank must be >= 0", &opt->rank, err);
+  if (flag == "--world") return int_in(flag, val, 1, kIntMax, "world size must be >= 1", &opt->world, err);
+  *known = false;
+  return true;
+}
+
 }  // namespace
+
+bool store_launch_of(int argc, char** argv, JobOptions* opt) {
+  for (int i = 1; i < argc; ++i) {
+    std::string flag, val, err;
+    if (!split_flag(argv[i], &flag, &val)) {
+      if (i + 1 >= argc) break;
+      val = argv[++i];
+    }
+    bool known;
+    launch_flag(flag, val, opt, &known, &err);  // a bad value leaves the field unset
+  }
+  return !opt->store.empty() && opt->rank >= 0 && opt->world >= 2 && opt->rank < opt->world;
+}
 
 bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::string* err) {
   *help = false;
-  constexpr long long kIntMax = std::numeric_limits<int>::max();
   for (int i = 1; i < argc; ++i) {
-    std::string flag = argv[i];
-    std::string val;
-    bool has_val = false;
-    // --flag=value form.
-    if (flag.rfind("--", 0) == 0) {
-      const size_t eq = flag.find('=');
-      if (eq != std::string::npos) {
-        val = flag.substr(eq + 1);
-        flag = flag.substr(0, eq);
-        has_val = true;
-      }
-    }
+    std::string flag, val;
+    const bool has_val = split_flag(argv[i], &flag, &val);
     if (flag == "-h" || flag == "--help") {
       *help = true;
       return true;
@@ -82,8 +117,10 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
       }
       val = argv[++i];
     }
-    bool ok = true;
-    if (flag == "-b" || flag == "--batch") {
+    bool launch;  // --store, --rank, --world (launch_flag, shared with store_launch_of)
+    bool ok = launch_flag(flag, val, opt, &launch, err);
+    if (launch) {
+    } else if (flag == "-b" || flag == "--batch") {
       ok = int_in(flag, val, 0, kIntMax, "batch must be an integer >= 0", &opt->batch, err);
     } else if (flag == "-s" || flag == "--seqlen") {
       ok = int_in(flag, val, 0, kIntMax, "mean sequence length must be an integer >= 0", &opt->mean_len, err);
@@ -140,20 +177,6 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
         *err = flag + " " + val + ": merge must be allgather, alltoall or auto";
         ok = false;
       }
-    } else if (flag == "--store") {
-      const size_t colon = val.rfind(':');
-      long long port;
-      if (colon == std::string::npos || colon == 0 || !parse_int64(val.substr(colon + 1), &port) ||
-          port < 1 || port > 65535) {
-        *err = flag + " " + val + ": store must be host:port with port 1..65535";
-        ok = false;
-      } else {
-        opt->store = val;
-      }
-    } else if (flag == "--rank") {
-      ok = int_in(flag, val, 0, kIntMax, "rank must be >= 0", &opt->rank, err);
-    } else if (flag == "--world") {
-      ok = int_in(flag, val, 1, kIntMax, "world size must be >= 1", &opt->world, err);
     } else if (flag == "-k" || flag == "--sub-batches") {
       ok = int_in(flag, val, 0, 8, "sub-batches must be 0 (automatic) .. 8", &opt->sub_batches, err);
     } else if (flag == "-G" || flag == "--graph-iters") {

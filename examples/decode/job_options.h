@@ -40,13 +40,17 @@ struct JobOptions {
 
 // Returns false with *err set (naming the flag and the value) on bad input; sets *help on --help.
 bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::string* err);
+// The store launch a command line names (--store, --rank, --world, read as parse_job_options
+// reads them) even when another of its flags is bad: true with them in *opt when all three are
+// there, valid, and rank < world >= 2.
+bool store_launch_of(int argc, char** argv, JobOptions* opt);
 void print_job_usage(const char* argv0);
 
 int run_single_device_job(const JobOptions& opt);   // single_job.cpp
 int run_distributed_job(const JobOptions& opt);     // distributed_job.cpp
-// For a command line that did not parse: if it still names a store launch (--store, --rank,
-// --world), ends that job on the store as any failing rank does (the others fail at once with
-// why instead of waiting out their deadlines for a rank that never joins). distributed_job.cpp.
-void abort_store_launch(int argc, char** argv, const std::string& why);
+// For a command line that did not parse but names a store launch (launch: from store_launch_of):
+// ends that job on the store as any failing rank does (the others fail at once with why instead
+// of waiting out their deadlines for a rank that never joins). distributed_job.cpp.
+void abort_store_launch(const JobOptions& launch, const std::string& why);
 
 }  // namespace distmla::examples

@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
   if (!parse_job_options(argc, argv, &opt, &help, &err)) {
     std::fprintf(stderr, "%s: %s\n", argv[0], err.c_str());
 #ifdef DISTMLA_HAVE_DIST
-    abort_store_launch(argc, argv, err);
+    if (JobOptions launch; store_launch_of(argc, argv, &launch)) abort_store_launch(launch, err);
 #endif
     return 2;
   }

@@ -97,3 +97,26 @@ TEST(JobOptions, BadValuesNameTheFlagAndTheValue) {
 }
 
 }  // namespace
+
+namespace {
+bool launch_of(std::vector<std::string> args, JobOptions* opt) {
+  args.insert(args.begin(), "distmla_decode");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  return distmla::examples::store_launch_of(static_cast<int>(argv.size()), argv.data(), opt);
+}
+}  // namespace
+
+// A command line that does not parse still names its store launch (so that the rank can end it).
+TEST(JobOptions, StoreLaunchOfABadCommandLine) {
+  JobOptions o;
+  ASSERT_FALSE(parse({"--bogus", "1", "--store=node1:29500", "--rank", "2", "--world=3"}).ok);
+  ASSERT_TRUE(launch_of({"--bogus", "1", "--store=node1:29500", "--rank", "2", "--world=3"}, &o));
+  EXPECT_EQ(o.store, "node1:29500");
+  EXPECT_EQ(o.rank, 2);
+  EXPECT_EQ(o.world, 3);
+  JobOptions missing, bad_port, out_of_world;
+  EXPECT_FALSE(launch_of({"-b", "x", "--store", "node1:29500", "--rank", "0"}, &missing));
+  EXPECT_FALSE(launch_of({"--store", "node1:0", "--rank", "0", "--world", "2"}, &bad_port));
+  EXPECT_FALSE(launch_of({"--store", "node1:29500", "--rank", "2", "--world", "2"}, &out_of_world));
+}
