@@ -41,8 +41,8 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[128
 // Epilogue for 16-bit out (a sequence's rows of out, or a split's rows of the partials), through
 // the smem stage of its last KV block: every consumer thread puts its normalised rows there with
 // stmatrix (rows of kORowBytes, 16 bytes of padding so that the 8 rows a stmatrix matrix writes
-// hit distinct banks) and its warp arrives on the stage's o_full barrier; the store warp
-// (o_store_warp) copies the rows out.
+// hit distinct banks; a row's lse goes into its padding) and its warp arrives on the stage's
+// o_full barrier; the store warp (o_store_warp) copies the rows out and writes the lse.
 // Runs 27-28: written from registers, the stores held the consumers 2-4.5 us a 64-row tile, and
 // with the bulk copies issued and awaited by the consumers themselves 3.3 us.
 // v6 only (v3's consumers spill with it).
@@ -51,12 +51,12 @@ __device__ __forceinline__ bool staged_epilogue(const Params& p, int a, int e) {
   return kDSplit && !p.out_fp32 && e > a;
 }
 constexpr int kORowBytes = kDV * 2 + 16;
+constexpr int kOFullArrivals = 4 * 8 + 4;  // stage_rows_16bit's arrivals on o_full
 static_assert(kBlockM * kORowBytes <= kTileBytes, "the staged O tile must fit a KV stage");
 template <typename Elem>
 __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&o)[128], const float (&inv)[2],
-                                                 const float (&lse_r)[2], int i, int tile, int r0, int wg,
-                                                 int warp_in_wg, int lane, bool direct, size_t slot,
-                                                 uint32_t s_stage, uint32_t o_full_bar) {
+                                                 const float (&lse_r)[2], int tile, int r0, int wg, int warp_in_wg,
+                                                 int lane, uint32_t s_stage, uint32_t o_full_bar) {
   // stmatrix v covers groups j = 2v, 2v + 1: matrix k is (group 2v + k / 2, row half k % 2), and
   // this lane gives row lane % 8 of matrix lane / 8. A warp with no valid row skips it.
   if (tile * kBlockM + warp_in_wg * 16 < p.rows) {
@@ -75,37 +75,29 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
     }
   }
   DMLA_TRACE(threadIdx.x == 0, kTrEpiStm);
-  // The rows' lse (warpgroup 0, a lane of four); where each row goes, the store warp works out
-  // itself (run 56: a table of row offsets handed over in smem cost the consumers 0.5-0.7 us a
-  // tile).
-  if (wg == 0) {
+  // The rows' lse into their padding (warpgroup 0, a lane of four): the store warp, which works
+  // out where each row goes, writes it (run 56: a table of row offsets handed over in smem cost
+  // the consumers 0.5-0.7 us a tile; computing the lse's own destination here cost ~0.45 us).
+  if (wg == 0 && lane % 4 == 0) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int gr = tile * kBlockM + r0 + 8 * h;
-      if (gr < p.rows) {
-        if (direct) {
-          const SliceRowOffsets dst = out_row(p, i, gr);
-          if (lane % 4 == 0) p.lse[dst.lse] = lse_r[h];
-        } else {
-          const size_t row = slot * p.rows + gr;
-          if (lane % 4 == 0) p.meta.part_lse[row] = lse_r[h];
-        }
-      }
-    }
+    for (int h = 0; h < 2; ++h) st_shared_f32(s_stage + (r0 + 8 * h) * kORowBytes + kDV * 2, lse_r[h]);
   }
   DMLA_TRACE(threadIdx.x == 0, kTrEpiRows);
   fence_proxy_async();  // the generic stmatrix writes, before the bulk copies read them
   __syncwarp();
-  if (lane == 0) mbar_arrive(o_full_bar);
+  // A warp's stmatrix rows reach the store warp through lane 0's arrive (after __syncwarp); each
+  // lane that stored an lse arrives itself too, which is what racecheck follows (run 61): lanes
+  // 0, 4, .., 28 of warpgroup 0's warps and lane 0 of warpgroup 1's, kOFullArrivals in all.
+  if (wg == 0 ? lane % 4 == 0 : lane == 0) mbar_arrive(o_full_bar);
   DMLA_TRACE(threadIdx.x == 0, kTrEpiArrive);
 }
 
 // The store warp (warp 10, in the producer warpgroup): for each sequence of the part whose
 // epilogue is staged, waits for the consumers' O tile in the stage of its last block (o_full),
 // copies the tile's valid rows to out or to the split's partials with bulk copies (two rows a
-// lane), and frees the stage for the producer once the copies have read it (o_free, an arrival a
-// lane); a split is then counted for the combine once its rows are written. Before exiting it
-// waits for its copies' writes.
+// lane) and their lse from the rows' padding, and frees the stage for the producer once the copies
+// have read it (o_free, an arrival a lane); a split is then counted for the combine once its rows
+// are written. Before exiting it waits for its copies' writes.
 template <bool kDSplit>
 __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uint32_t o_full0, uint32_t o_free0,
                                              int part, int seq_begin, int seq_end, int lane) {
@@ -130,14 +122,15 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
       if (gr < p.rows) {
         const RowDst d = row_dst(p, i, gr, direct, slot);
         bulk_store(static_cast<uint16_t*>(d.base) + d.o, tile_base + r * kORowBytes, kDV * 2);
+        *d.lse = ld_shared_f32(tile_base + r * kORowBytes + kDV * 2);
       }
     }
     bulk_commit();
     bulk_wait_read();
     DMLA_TRACE(lane == 0 && i == seq_begin, kTrStoreRead);
+    fence_proxy_async();           // its lse reads, before the refill's TMA writes
     mbar_arrive(o_free0 + 8 * s);  // every lane, once its own copies have read the stage
-    if (!direct) {  // a split: counted for the combine once its rows are written (its lse, by the
-                    // consumers before o_full, is ordered before this warp's fence)
+    if (!direct) {  // a split: counted for the combine once its rows and lse are written
       bulk_wait();
       fence_proxy_async_global();
       __threadfence();

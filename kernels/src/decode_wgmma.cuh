@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     for (int s = 0; s < kStages; ++s) mbar_init(empty0 + 8 * s, kThreads / 32);
     mbar_init(q_full, 1);
     mbar_init(q_empty, kThreads / 32);
-    for (int s = 0; s < kStages; ++s) mbar_init(o_full0 + 8 * s, kThreads / 32);
+    for (int s = 0; s < kStages; ++s) mbar_init(o_full0 + 8 * s, kOFullArrivals);
     for (int s = 0; s < kStages; ++s) mbar_init(o_free0 + 8 * s, 32);
     for (int s = 0; s < kStages; ++s) mbar_init(stage_peer_free(o_free0, s), 1);  // KV multicast
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -458,8 +458,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     const size_t slot = static_cast<size_t>(split_slot);
     if (staged_epilogue<kDSplit>(p, a, e)) {
       const int last = (consumed - 1) % kStages;
-      stage_rows_16bit<Elem>(p, o, inv, lse_r, i, tile, r0, wg, warp_in_wg, lane, direct, slot,
-                             sKV0 + last * kTileBytes, o_full0 + 8 * last);
+      stage_rows_16bit<Elem>(p, o, inv, lse_r, tile, r0, wg, warp_in_wg, lane, sKV0 + last * kTileBytes,
+                             o_full0 + 8 * last);
     } else {
       write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, direct, slot);
       if (!direct) {  // a split: counted for the combine once every thread's rows are written
