@@ -128,7 +128,7 @@ class MpiCommunicator final : public Communicator {
 
  private:
   dmlaResult_t broken_error() const {
-    return set_error(dmlaErrorComm, "mpi communicator: unusable after an earlier timeout");
+    return set_error(dmlaErrorComm, "mpi communicator: unusable after an earlier timeout or cancel");
   }
   dmlaResult_t check_args(const char* what, const void* a, const void* b, size_t bytes) {
     if (broken_) return broken_error();
@@ -142,13 +142,17 @@ class MpiCommunicator final : public Communicator {
   dmlaResult_t wait_request(MPI_Request* req, const char* what) {
     int done = 0;
     int err = MPI_SUCCESS;
-    bool ok = detail::poll_until(detail::deadline_after_ms(opt_.timeout_ms), [&] {
+    const detail::PollEnd end = detail::poll_until(detail::deadline_after_ms(opt_.timeout_ms), opt_.cancel, [&] {
       if (!done) err = MPI_Test(req, &done, MPI_STATUS_IGNORE);
       return done != 0 || err != MPI_SUCCESS;
     });
     if (err != MPI_SUCCESS)
       return set_error(dmlaErrorComm, std::string("mpi ") + what + ": " + mpi_error_string(err));
-    if (!ok) {
+    if (end == detail::PollEnd::kCancelled) {
+      broken_ = true;
+      return set_error(dmlaErrorComm, std::string("mpi ") + what + ": cancelled (CommOptions::cancel)");
+    }
+    if (end != detail::PollEnd::kDone) {
       // A collective cannot be cancelled: the communicator is unusable from here on.
       broken_ = true;
       return set_error(dmlaErrorTimeout, std::string("mpi ") + what + ": no completion within " +

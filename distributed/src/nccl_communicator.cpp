@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cancel_registry.h"
 #include "check.h"
 #include "deadline_poll.h"
 #include "device_guard.h"
@@ -33,33 +34,55 @@ namespace {
 
 using detail::DeviceGuard;
 
-// Polls a non-blocking communicator until its pending operation left ncclInProgress.
-dmlaResult_t settle(ncclComm_t comm, int timeout_ms, const char* what) {
+// For a poll that did not end in kDone: on a cancel every communicator of the flag is ended
+// (cancel_all: this one too if it is registered, which sets *aborted), on a deadline this one;
+// comm is aborted here unless that already happened (one not registered: init, split, finalize).
+// The error names the deadline or the cancel.
+dmlaResult_t abort_for(ncclComm_t comm, detail::PollEnd end, const CommOptions& opt, const std::string& what,
+                       bool* aborted) {
+  if (end == detail::PollEnd::kCancelled) detail::cancel_all(opt.cancel);
+  if (!*aborted) ncclCommAbort(comm);
+  *aborted = true;
+  if (end == detail::PollEnd::kCancelled)
+    return set_error(dmlaErrorComm, "nccl " + what + ": cancelled (CommOptions::cancel; communicator aborted)");
+  return set_error(dmlaErrorTimeout, "nccl " + what + ": not done after " + std::to_string(opt.timeout_ms) +
+                                         " ms (communicator aborted)");
+}
+
+// Polls a non-blocking communicator until its pending operation left ncclInProgress. aborted:
+// the communicator's flag (null for one not registered yet: init, split, teardown), set when it
+// had to be aborted (deadline or cancel).
+dmlaResult_t settle(ncclComm_t comm, const CommOptions& opt, const char* what, bool* aborted = nullptr) {
   ncclResult_t state = ncclInProgress;
-  const bool done = detail::poll_until(detail::deadline_after_ms(timeout_ms), [&] {
+  const detail::PollEnd end = detail::poll_until(detail::deadline_after_ms(opt.timeout_ms), opt.cancel, [&] {
     if (ncclCommGetAsyncError(comm, &state) != ncclSuccess) return true;
     return state != ncclInProgress;
   });
-  if (!done) {
-    ncclCommAbort(comm);
-    return set_error(dmlaErrorTimeout, std::string("nccl ") + what + ": still in progress after " +
-                                           std::to_string(timeout_ms) + " ms (communicator aborted)");
+  if (end != detail::PollEnd::kDone) {
+    bool local = false;
+    return abort_for(comm, end, opt, what, aborted ? aborted : &local);
   }
   if (state != ncclSuccess)
     return set_error(dmlaErrorComm, std::string("nccl ") + what + ": " + ncclGetErrorString(state));
   return dmlaSuccess;
 }
 
-class NcclCommunicator final : public Communicator {
+class NcclCommunicator final : public Communicator, detail::Cancellable {
  public:
   NcclCommunicator(ncclComm_t comm, int device, const CommOptions& opt) : comm_(comm), device_(device), opt_(opt) {
     ncclCommUserRank(comm_, &rank_);
     ncclCommCount(comm_, &size_);
     DeviceGuard g(device_);
     DMLA_DIST_CUDA_THROW(cudaStreamCreateWithFlags(&internal_, cudaStreamNonBlocking));
+    detail::register_cancellable(opt_.cancel, this);
   }
 
   ~NcclCommunicator() override {
+    detail::unregister_cancellable(opt_.cancel, this);
+    if (opt_.cancel && opt_.cancel->load()) {  // a cancelled job: every communicator's kernels end before any free
+      detail::cancel_all(opt_.cancel);
+      abort_now();
+    }
     {
       DeviceGuard g(device_);
       if (scratch_) cudaFree(scratch_);
@@ -73,7 +96,7 @@ class NcclCommunicator final : public Communicator {
       ncclCommAbort(comm_);
       return;
     }
-    if (settle(comm_, opt_.timeout_ms, "finalize") != dmlaSuccess) return;  // settle aborted it
+    if (settle(comm_, opt_, "finalize") != dmlaSuccess) return;  // settle aborted it (not registered now)
     ncclCommDestroy(comm_);
   }
 
@@ -85,7 +108,7 @@ class NcclCommunicator final : public Communicator {
   dmlaResult_t all_gather(const void* send, void* recv, size_t bytes, void* stream) override {
     if (auto r = usable(send, recv, bytes, "all_gather"); r != dmlaSuccess) return r;
     NCCL_RET(ncclAllGather(send, recv, bytes, ncclUint8, comm_, static_cast<cudaStream_t>(stream)));
-    return track(settle(comm_, opt_.timeout_ms, "all_gather"));
+    return settle(comm_, opt_, "all_gather", &aborted_);
   }
   dmlaResult_t all_to_all(const void* send, void* recv, size_t bytes, void* stream) override {
     if (auto r = usable(send, recv, bytes, "all_to_all"); r != dmlaSuccess) return r;
@@ -96,14 +119,14 @@ class NcclCommunicator final : public Communicator {
       NCCL_RET(ncclRecv(static_cast<char*>(recv) + p * bytes, bytes, ncclUint8, p, comm_, st));
     }
     NCCL_RET(ncclGroupEnd());
-    return track(settle(comm_, opt_.timeout_ms, "all_to_all"));
+    return settle(comm_, opt_, "all_to_all", &aborted_);
   }
   dmlaResult_t broadcast(void* buf, size_t bytes, int root, void* stream) override {
     if (auto r = usable(buf, buf, bytes, "broadcast"); r != dmlaSuccess) return r;
     if (root < 0 || root >= size_)
       return set_error(dmlaErrorInvalidArgument, "broadcast: root = " + std::to_string(root));
     NCCL_RET(ncclBroadcast(buf, buf, bytes, ncclUint8, root, comm_, static_cast<cudaStream_t>(stream)));
-    return track(settle(comm_, opt_.timeout_ms, "broadcast"));
+    return settle(comm_, opt_, "broadcast", &aborted_);
   }
   dmlaResult_t barrier() override {
     uint8_t one = 1, all = 0;
@@ -125,7 +148,10 @@ class NcclCommunicator final : public Communicator {
     for (auto& v : in) v = v ? 1 : 0;
     DMLA_DIST_CUDA_RET(cudaMemcpyAsync(scratch_, in.data(), n, cudaMemcpyHostToDevice, internal_));
     NCCL_RET(ncclAllReduce(scratch_, scratch_, n, ncclUint8, ncclMin, comm_, internal_));
-    if (auto r = track(settle(comm_, opt_.timeout_ms, "agree")); r != dmlaSuccess) return r;
+    if (auto r = settle(comm_, opt_, "agree", &aborted_); r != dmlaSuccess) return r;
+    // The reduction done first, under the deadline and the cancel: a copy into pageable memory
+    // returns only when it is, so behind a reduction waiting for a dead rank it would never return.
+    if (auto r = wait(internal_); r != dmlaSuccess) return r;
     DMLA_DIST_CUDA_RET(cudaMemcpyAsync(all_ok, scratch_, n, cudaMemcpyDeviceToHost, internal_));
     return wait(internal_);
   }
@@ -134,7 +160,7 @@ class NcclCommunicator final : public Communicator {
     cudaStream_t st = static_cast<cudaStream_t>(stream);
     cudaError_t q = cudaErrorNotReady;
     ncclResult_t state = ncclSuccess;
-    const bool done = detail::poll_until(detail::deadline_after_ms(opt_.timeout_ms), [&] {
+    const detail::PollEnd end = detail::poll_until(detail::deadline_after_ms(opt_.timeout_ms), opt_.cancel, [&] {
       q = cudaStreamQuery(st);
       if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess || (state != ncclSuccess && state != ncclInProgress))
         return true;
@@ -145,12 +171,7 @@ class NcclCommunicator final : public Communicator {
       aborted_ = true;
       return set_error(dmlaErrorComm, std::string("nccl wait: ") + ncclGetErrorString(state) + " (communicator aborted)");
     }
-    if (!done) {
-      ncclCommAbort(comm_);
-      aborted_ = true;
-      return set_error(dmlaErrorTimeout, "nccl wait: stream not done after " + std::to_string(opt_.timeout_ms) +
-                                             " ms (communicator aborted)");
-    }
+    if (end != detail::PollEnd::kDone) return abort_for(comm_, end, opt_, "wait (stream)", &aborted_);
     if (q != cudaSuccess)
       return set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": cudaStreamQuery: " + cudaGetErrorString(q));
     return dmlaSuccess;
@@ -162,25 +183,29 @@ class NcclCommunicator final : public Communicator {
     DeviceGuard g(device_);
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
+    // The group shares the parent's resources and abort flag: aborting any communicator of the
+    // family stops the kernels of all of them (CommOptions::cancel: cancel_registry.h).
+    config.splitShare = 1;
     ncclComm_t sub = nullptr;
     ncclResult_t r = ncclCommSplit(comm_, color, key, &sub, &config);
     if (r != ncclSuccess && r != ncclInProgress)
       DMLA_DIST_FAIL(dmlaErrorComm, DMLA_DIST_WHERE + ": ncclCommSplit: " + ncclGetErrorString(r));
-    throw_if_error(settle(comm_, opt_.timeout_ms, "split (parent)"));
+    throw_if_error(settle(comm_, opt_, "split (parent)", &aborted_));
     if (!sub) DMLA_DIST_FAIL(dmlaErrorComm, "nccl split: no communicator for color " + std::to_string(color));
-    throw_if_error(settle(sub, opt_.timeout_ms, "split"));
+    throw_if_error(settle(sub, opt_, "split"));
     return std::make_unique<NcclCommunicator>(sub, device_, opt_);
   }
 
  private:
+  void abort_now() override {
+    if (aborted_) return;
+    ncclCommAbort(comm_);
+    aborted_ = true;
+  }
   dmlaResult_t usable(const void* a, const void* b, size_t bytes, const char* what) {
     if (aborted_) return set_error(dmlaErrorComm, std::string("nccl ") + what + ": communicator was aborted");
     if (bytes > 0 && (!a || !b)) return set_error(dmlaErrorNullPointer, std::string("nccl ") + what + ": null buffer");
     return dmlaSuccess;
-  }
-  dmlaResult_t track(dmlaResult_t r) {
-    if (r == dmlaErrorTimeout) aborted_ = true;  // settle() aborted the communicator
-    return r;
   }
 
   ncclComm_t comm_ = nullptr;
@@ -228,7 +253,7 @@ std::unique_ptr<Communicator> make_nccl_communicator(const NcclId& id, int rank,
   ncclResult_t r = ncclCommInitRankConfig(&comm, world, uid, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress)
     DMLA_DIST_FAIL(dmlaErrorComm, DMLA_DIST_WHERE + ": ncclCommInitRankConfig: " + ncclGetErrorString(r));
-  throw_if_error(settle(comm, opt.timeout_ms, "init"));
+  throw_if_error(settle(comm, opt, "init"));
   return std::make_unique<NcclCommunicator>(comm, device, opt);
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cancel_registry.h"
 #include "check.h"
 #include "deadline_poll.h"
 #include "device_guard.h"
@@ -19,7 +20,7 @@ namespace {
 
 using detail::DeviceGuard;
 
-class PeerCommunicator final : public Communicator {
+class PeerCommunicator final : public Communicator, detail::Cancellable {
  public:
   PeerCommunicator(std::unique_ptr<Communicator> base, int device, const CommOptions& opt)
       : base_(std::move(base)), device_(device), opt_(opt) {
@@ -31,9 +32,18 @@ class PeerCommunicator final : public Communicator {
     DMLA_DIST_CUDA_THROW(cudaHostAlloc(reinterpret_cast<void**>(&err_host_), sizeof(unsigned), cudaHostAllocMapped));
     *err_host_ = 0;
     DMLA_DIST_CUDA_THROW(cudaHostGetDevicePointer(reinterpret_cast<void**>(&err_dev_), err_host_, 0));
+    DMLA_DIST_CUDA_THROW(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+    detail::register_cancellable(opt_.cancel, this);
   }
   ~PeerCommunicator() override {
+    detail::unregister_cancellable(opt_.cancel, this);
+    if (opt_.cancel && opt_.cancel->load()) {  // this one's kernels and the others', before the teardown waits
+      stop_kernels();
+      detail::cancel_all(opt_.cancel);
+    }
     release();
+    DeviceGuard g(device_);
+    if (side_) cudaStreamDestroy(side_);
     if (err_host_) cudaFreeHost(err_host_);
   }
 
@@ -98,12 +108,18 @@ class PeerCommunicator final : public Communicator {
     // pushes) names the rank it waited for; the host waits longer so that the kernel's verdict
     // arrives first (with equal deadlines the host won the race on a fresh 2-GPU machine, run D13).
     const int host_ms = opt_.timeout_ms + std::max(100, opt_.timeout_ms / 4);
-    const bool done = detail::poll_until(detail::deadline_after_ms(host_ms), [&] {
+    const detail::PollEnd end = detail::poll_until(detail::deadline_after_ms(host_ms), opt_.cancel, [&] {
       q = cudaStreamQuery(st);
       return q != cudaErrorNotReady || error_word() != 0;
     });
+    if (end == detail::PollEnd::kCancelled) {
+      detail::cancel_all(opt_.cancel);  // this one's kernels (stop_kernels) and every other communicator's
+      // They leave their waits now; give them a moment so that the teardown does not wait for them.
+      detail::poll_until(detail::deadline_after_ms(1000), [&] { return cudaStreamQuery(st) != cudaErrorNotReady; });
+    }
     if (auto r = failed(); r != dmlaSuccess) return r;
-    if (!done) return set_error(dmlaErrorTimeout, "peer wait: stream not done after " + std::to_string(host_ms) + " ms");
+    if (end != detail::PollEnd::kDone)
+      return set_error(dmlaErrorTimeout, "peer wait: stream not done after " + std::to_string(host_ms) + " ms");
     if (q != cudaSuccess)
       return set_error(dmlaErrorCuda, DMLA_DIST_WHERE + ": cudaStreamQuery: " + cudaGetErrorString(q));
     return base_->memory() == MemSpace::kDevice ? base_->wait(stream) : dmlaSuccess;
@@ -175,6 +191,9 @@ class PeerCommunicator final : public Communicator {
   dmlaResult_t failed() const {
     const unsigned v = error_word();
     if (v == 0) return dmlaSuccess;
+    if ((v & 0xff00u) == kernels::kPeerErrCancelled)
+      return set_error(dmlaErrorComm, "peer exchange: cancelled (CommOptions::cancel; the communicator refuses "
+                                      "further exchanges)");
     const unsigned peer = v & 0xffu;
     const bool freeing = (v & 0xff00u) == kernels::kPeerErrFreeTimeout;
     return set_error(dmlaErrorTimeout, "peer exchange: rank " + std::to_string(rank()) + " waited more than " +
@@ -182,6 +201,20 @@ class PeerCommunicator final : public Communicator {
                                            (freeing ? " to free its mailbox slot (or stop reading its window)"
                                                     : " to deliver its chunk") +
                                            " (the communicator refuses further exchanges)");
+  }
+  // CommOptions::cancel: sets the error word and this rank's failed words (its mailbox's and its
+  // windows' control blocks), which every kernel wait polls, so that no kernel keeps waiting for a
+  // peer that is gone (and the teardown for it) until its own deadline.
+  void stop_kernels() override {
+    if (error_word() == 0) *reinterpret_cast<volatile unsigned*>(err_host_) = kernels::kPeerErrCancelled;
+    static const uint64_t code = kernels::kPeerErrCancelled;
+    DeviceGuard g(device_);
+    auto put = [&](char* ctrl, size_t at) {
+      if (ctrl) (void)cudaMemcpyAsync(ctrl + at, &code, sizeof(code), cudaMemcpyHostToDevice, side_);
+    };
+    put(mail_.mine, kernels::peer_ctrl_failed_offset(size()));
+    for (Mapping& m : windows_) put(m.mine, kernels::peer_window_failed_offset(size()));
+    (void)cudaStreamSynchronize(side_);
   }
   // One allocation on every rank (zeroed counters, then bytes), every peer's mapped here.
   struct Mapping {
@@ -292,6 +325,7 @@ class PeerCommunicator final : public Communicator {
   }
   unsigned* err_host_ = nullptr;  // host-mapped error word of the kernel
   unsigned* err_dev_ = nullptr;
+  cudaStream_t side_ = nullptr;   // stop_kernels' writes, beside the kernels they end
   Mapping mail_;                  // control block, then world mailbox slots of slot_ bytes
   std::vector<Mapping> windows_;  // reserve_window's, the newest last
   std::unique_ptr<detail::PullTrace> trace_;  // DISTMLA_PULL_TRACE (pull_trace.h)

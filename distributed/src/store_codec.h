@@ -55,7 +55,7 @@ inline bool decode_request_header(const std::array<uint8_t, store_wire::kRequest
   out->key_len = get_u32(h.data() + 8);
   out->value_len = get_u32(h.data() + 12);
   out->timeout_ms = get_u32(h.data() + 16);
-  if (out->op < store_wire::kSet || out->op > store_wire::kAbort) return false;
+  if (out->op < store_wire::kSet || out->op > store_wire::kAbortOnClose) return false;
   if (out->key_len == 0 || out->key_len > store_wire::kMaxKey || out->value_len > store_wire::kMaxValue) return false;
   if ((out->op == store_wire::kGet || out->op == store_wire::kWait) && out->value_len != 0) return false;
   if (out->op == store_wire::kAdd && out->value_len != 8) return false;

@@ -212,6 +212,10 @@ std::unique_ptr<TcpStoreClient> TcpStoreClient::scoped(const std::string& sub) c
                                           impl_->prefix.empty() ? sub : impl_->prefix + "/" + sub, impl_->opt);
 }
 
+std::unique_ptr<TcpStoreClient> TcpStoreClient::clone() const {
+  return std::make_unique<TcpStoreClient>(impl_->host, impl_->port, impl_->prefix, impl_->opt);
+}
+
 const std::string& TcpStoreClient::prefix() const { return impl_->prefix; }
 
 dmlaResult_t TcpStoreClient::set(const std::string& key, const std::vector<uint8_t>& value, int timeout_ms) {
@@ -243,6 +247,13 @@ dmlaResult_t TcpStoreClient::abort(const std::string& reason, int timeout_ms) {
   std::vector<uint8_t> reply;
   const std::string r = reason.substr(0, 4096);  // a message, not a payload
   return impl_->call(w::kAbort, "abort", std::vector<uint8_t>(r.begin(), r.end()), timeout_ms, &reply);
+}
+
+dmlaResult_t TcpStoreClient::abort_on_disconnect(const std::string& reason, const std::string& count_key,
+                                                 int timeout_ms) {
+  std::vector<uint8_t> reply;
+  const std::string r = reason.substr(0, 4096);
+  return impl_->call(w::kAbortOnClose, count_key, std::vector<uint8_t>(r.begin(), r.end()), timeout_ms, &reply);
 }
 
 }  // namespace distmla::dist

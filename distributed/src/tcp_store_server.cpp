@@ -1,6 +1,7 @@
 // TCP store server: one io_context thread, one session per connection, one request in flight a
 // session. wait/get on a missing key park the session until a set/add of that key, its timeout,
-// or an abort (which also answers every later get/wait at once).
+// or an abort (which also answers every later get/wait at once). A session armed with
+// abort_on_disconnect aborts the job when its connection closes.
 #include <boost/asio.hpp>
 
 #include <algorithm>
@@ -30,6 +31,9 @@ struct State {
   std::multimap<std::string, std::weak_ptr<Session>> waiters;
   bool aborted = false;
   std::vector<uint8_t> abort_reason;  // the first abort's
+  void set(const std::string& key, std::vector<uint8_t> value);  // and wakes its waiters
+  bool add(const std::string& key, int64_t delta, std::vector<uint8_t>* now);  // false: not a counter
+  void abort(const std::vector<uint8_t>& reason);
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -69,40 +73,25 @@ class Session : public std::enable_shared_from_this<Session> {
     std::vector<uint8_t> value(body_.begin() + key_len_, body_.end());
     switch (op_) {
       case w::kSet:
-        st_.data[key] = value;
         reply(w::kOk, {});
-        notify(key);
+        st_.set(key, std::move(value));
         return;
       case w::kAdd: {
         if (value.size() != 8) return close();
-        int64_t delta, cur = 0;
+        int64_t delta;
         std::memcpy(&delta, value.data(), 8);
-        auto it = st_.data.find(key);
-        if (it != st_.data.end()) {
-          if (it->second.size() != 8) return reply(w::kBadRequest, {});
-          std::memcpy(&cur, it->second.data(), 8);
-        }
-        cur += delta;
-        std::vector<uint8_t> out(8);
-        std::memcpy(out.data(), &cur, 8);
-        st_.data[key] = out;
-        reply(w::kOk, out);
-        notify(key);
-        return;
+        std::vector<uint8_t> now;
+        if (!st_.add(key, delta, &now)) return reply(w::kBadRequest, {});
+        return reply(w::kOk, now);
       }
-      case w::kAbort: {
-        if (!st_.aborted) {
-          st_.aborted = true;
-          st_.abort_reason = value;
-        }
+      case w::kAbort:
         reply(w::kOk, {});
-        std::vector<std::shared_ptr<Session>> parked;
-        for (auto& kv : st_.waiters)
-          if (auto s = kv.second.lock()) parked.push_back(s);
-        st_.waiters.clear();
-        for (auto& s : parked) s->fulfil(st_.abort_reason, w::kAborted);
+        st_.abort(value);
         return;
-      }
+      case w::kAbortOnClose:
+        close_key_ = key;
+        close_reason_ = value;
+        return reply(w::kOk, {});
       case w::kGet:
       case w::kWait: {
         if (st_.aborted) return reply(w::kAborted, st_.abort_reason);
@@ -124,16 +113,6 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
-  void notify(const std::string& key) {
-    auto range = st_.waiters.equal_range(key);
-    std::vector<std::shared_ptr<Session>> ready;
-    for (auto it = range.first; it != range.second; ++it)
-      if (auto s = it->second.lock()) ready.push_back(s);
-    st_.waiters.erase(range.first, range.second);
-    const std::vector<uint8_t>& v = st_.data[key];
-    for (auto& s : ready) s->fulfil(v);
-  }
-
   void reply(uint16_t status, const std::vector<uint8_t>& value) {
     out_ = encode_response(status, value);
     auto self = shared_from_this();
@@ -148,6 +127,12 @@ class Session : public std::enable_shared_from_this<Session> {
     waiting_ = false;
     timer_.cancel();
     sock_.close(ignored);
+    if (!close_reason_.empty()) {  // armed: this client's process is gone
+      std::vector<uint8_t> reason, ignored_count;
+      reason.swap(close_reason_);
+      st_.abort(reason);
+      st_.add(close_key_, 1, &ignored_count);  // counted out, as it cannot do itself
+    }
   }
 
   tcp::socket sock_;
@@ -160,7 +145,46 @@ class Session : public std::enable_shared_from_this<Session> {
   uint16_t op_ = 0;
   uint32_t timeout_ms_ = 0;
   bool waiting_ = false;
+  std::vector<uint8_t> close_reason_;  // abort_on_disconnect's reason; empty: not armed
+  std::string close_key_;              // ... and the counter it adds 1 to
 };
+
+void State::set(const std::string& key, std::vector<uint8_t> value) {
+  const std::vector<uint8_t>& v = data[key] = std::move(value);
+  auto range = waiters.equal_range(key);
+  std::vector<std::shared_ptr<Session>> ready;
+  for (auto it = range.first; it != range.second; ++it)
+    if (auto s = it->second.lock()) ready.push_back(s);
+  waiters.erase(range.first, range.second);
+  for (auto& s : ready) s->fulfil(v);
+}
+
+bool State::add(const std::string& key, int64_t delta, std::vector<uint8_t>* now) {
+  int64_t cur = 0;
+  auto it = data.find(key);
+  if (it != data.end()) {
+    if (it->second.size() != 8) return false;
+    std::memcpy(&cur, it->second.data(), 8);
+  }
+  cur += delta;
+  now->resize(8);
+  std::memcpy(now->data(), &cur, 8);
+  set(key, *now);
+  return true;
+}
+
+// Marks the job failed (the first reason is kept) and answers every parked get / wait with it.
+void State::abort(const std::vector<uint8_t>& reason) {
+  if (!aborted) {
+    aborted = true;
+    abort_reason = reason;
+  }
+  std::vector<std::shared_ptr<Session>> parked;
+  for (auto& kv : waiters)
+    if (auto s = kv.second.lock()) parked.push_back(s);
+  waiters.clear();
+  for (auto& s : parked) s->fulfil(abort_reason, w::kAborted);
+}
 
 }  // namespace
 

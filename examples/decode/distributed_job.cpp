@@ -25,6 +25,7 @@
 #include "distmla/dist/peer_communicator.h"
 #include "distmla/dist/shard_data.h"
 #include "distmla/dist/store_communicator.h"
+#include "distmla/dist/store_watch.h"
 #include "distmla/dist/tcp_store.h"
 #include "distmla/distmla.hpp"
 #include "distmla/reference.h"
@@ -89,15 +90,18 @@ struct Launch {
   int rank = 0, world = 1;
   std::unique_ptr<TcpStoreServer> server;  // rank 0 of a store launch hosts the store
   std::unique_ptr<TcpStoreClient> store;
+  std::unique_ptr<StoreWatch> watch;  // a store launch's failure detection (CommOptions::cancel)
 };
 
 // The end of a store launch. A rank that failed (failure: its message) first aborts the store, so
 // that the other ranks' store calls fail at once with its reason instead of waiting out their
-// deadlines (a bad launch is refused by every rank within a second, not after a minute). Then
-// every rank counts itself out, and rank 0, which hosts the store, leaves only after all the
-// others have (10 s at most: a rank blocked elsewhere, e.g. in NCCL, has deadlines of its own).
+// deadlines (a bad launch is refused by every rank within a second, not after a minute), and
+// their watches cancel their NCCL and peer waits. Then every rank counts itself out (the store
+// counts a rank that died), and rank 0, which hosts the store, leaves only after all the others
+// have (10 s at most).
 void leave_store(Launch& L, const char* failure) {
   if (!L.store) return;
+  if (L.watch) L.watch->finish();
   if (failure) L.store->abort("rank " + std::to_string(L.rank) + ": " + failure, 10000);  // rank 0 may start late
   int64_t n = 0;
   if (!L.server) {
@@ -128,6 +132,7 @@ int run(const JobOptions& opt, Launch& L) {
     if (opt.rank < 0 || opt.world < 1)
       throw Error(dmlaErrorInvalidArgument, "--store " + opt.store + " needs --rank and --world");
     open_store(L, opt);
+    L.watch = std::make_unique<StoreWatch>(*L.store, L.rank, "exited");
   } else {
     int inited = 0;
     MPI_Initialized(&inited);
@@ -161,6 +166,7 @@ int run(const JobOptions& opt, Launch& L) {
   const int device = gpus ? node.local_rank : -1;
   CommOptions copt;
   copt.timeout_ms = 120000;
+  if (L.watch) copt.cancel = L.watch->cancel();  // a rank that fails or dies ends the others' waits
   std::unique_ptr<Communicator> comm;
   if (gpus) {
     DJ_CUDA(cudaSetDevice(device));
@@ -411,6 +417,8 @@ int run_distributed_job(const JobOptions& opt) {
   } catch (const std::exception& e) {
     failure = e.what();
   }
+  if (L.watch && L.watch->cancelled() && failure.find(L.watch->reason()) == std::string::npos)
+    failure += "; the job had ended: " + L.watch->reason();  // why this rank's wait was cancelled
   std::fprintf(stderr, "distmla_decode: %s\n", failure.c_str());
   // The other ranks may wait in a collective for this one: end the job rather than let them
   // run into their deadlines (the store's abort, or MPI_Abort).

@@ -36,12 +36,14 @@ struct Failure {
 };
 
 // One thread waits until *p >= target; false (and the failure recorded) past the deadline, which
-// it sets at its first wait that does not succeed at once (0 until then).
+// it sets at its first wait that does not succeed at once (0 until then), or at once when the
+// failed word is set meanwhile (another wait of this rank failed, or the host cancelled).
 __device__ __forceinline__ bool thread_wait_ge(const uint64_t* p, uint64_t target, uint64_t& deadline,
                                                uint64_t timeout_ns, const Failure& err, unsigned code) {
   if (ld_acquire_sys(p) >= target) return true;
   if (deadline == 0) deadline = globaltimer_ns() + timeout_ns;
   while (ld_acquire_sys(p) < target) {
+    if (ld_volatile(err.device) != 0) return false;
     if (globaltimer_ns() > deadline) {
       err.set(code);
       return false;

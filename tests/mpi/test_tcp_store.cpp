@@ -1,5 +1,5 @@
 // TCP store on 127.0.0.1 with an ephemeral port: set/get/wait/add, deadlines, server gone,
-// reconnect with backoff, 16 concurrent clients, bad frames, abort.
+// reconnect with backoff, 16 concurrent clients, bad frames, abort, abort on a disconnect.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -293,4 +293,41 @@ TEST(TcpStore, AbortEndsParkedAndLaterWaitsWithItsReason) {
   EXPECT_EQ(waiter.abort("rank 2: later"), dmlaSuccess);
   EXPECT_EQ(waiter.wait("k"), dmlaErrorComm);
   EXPECT_NE(std::string(last_error_message()).find("rank 1: bad layout"), std::string::npos) << last_error_message();
+}
+
+TEST(TcpStore, AbortOnDisconnectEndsTheJobWhenAnArmedClientGoesAway) {
+  TcpStoreServer server("127.0.0.1", 0);
+  TcpStoreClient waiter("127.0.0.1", server.port(), "job", fast(20000));
+  auto dying = waiter.clone();
+  ASSERT_EQ(dying->abort_on_disconnect("rank 2: connection closed", "exited"), dmlaSuccess) << last_error_message();
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    dying.reset();  // its socket closes, as when the process dies
+  });
+  std::vector<uint8_t> v;
+  const auto t0 = Clock::now();
+  EXPECT_EQ(waiter.get("never", &v), dmlaErrorComm);
+  EXPECT_NE(std::string(last_error_message()).find("aborted: rank 2: connection closed"), std::string::npos)
+      << last_error_message();
+  EXPECT_LT(ms_since(t0), 3000);
+  t.join();
+  // ... and counted out under its prefix, as the ranks that leave count themselves.
+  int64_t n = 0;
+  EXPECT_EQ(waiter.add("exited", 0, &n), dmlaSuccess) << last_error_message();
+  EXPECT_EQ(n, 1);
+}
+
+TEST(TcpStore, DisarmedClientLeavesWithoutAborting) {
+  TcpStoreServer server("127.0.0.1", 0);
+  TcpStoreClient other("127.0.0.1", server.port(), "job", fast(2000));
+  {
+    TcpStoreClient done("127.0.0.1", server.port(), "", fast(2000));
+    ASSERT_EQ(done.abort_on_disconnect("rank 1: connection closed", "exited"), dmlaSuccess) << last_error_message();
+    ASSERT_EQ(done.abort_on_disconnect("", "exited"), dmlaSuccess) << last_error_message();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the server has seen the close
+  ASSERT_EQ(other.set("k", bytes("v")), dmlaSuccess) << last_error_message();
+  std::vector<uint8_t> v;
+  EXPECT_EQ(other.get("k", &v), dmlaSuccess) << last_error_message();
+  EXPECT_EQ(other.wait("never", 200), dmlaErrorTimeout);
 }

@@ -2,9 +2,11 @@
 // barrier, an all-ranks agreement, and sub-groups (the CP and TP groups).
 // Two implementations: NCCL over device buffers (stream-ordered) and MPI over host buffers.
 // Every wait has a deadline (CommOptions::timeout_ms); a missed deadline returns
-// dmlaErrorTimeout (the NCCL communicator is aborted), never a hang.
+// dmlaErrorTimeout (the NCCL communicator is aborted), never a hang. The host framework can also
+// end every wait at once (CommOptions::cancel), e.g. when its failure detector has seen a rank die.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -25,6 +27,11 @@ struct DeviceWindow {
 
 struct CommOptions {
   int timeout_ms = 60000;  // deadline of every wait (init, collectives, teardown)
+  // Optional, owned by the caller and outliving the communicators: once it is true, the next wait
+  // of any of these communicators (and of those split from them) ends at once with dmlaErrorComm
+  // ("cancelled"), after ending all of them (NCCL ones aborted, the peer exchange's kernels
+  // stopped), so that a rank whose peer died leaves its collective now instead of at timeout_ms.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 class Communicator {

@@ -1,10 +1,12 @@
 // A small key-value store on Boost.Asio for bootstrap without MPI (N processes started with
-// --rank --world --store host:port). Operations: set, get (waits for the key), wait, add, abort.
+// --rank --world --store host:port). Operations: set, get (waits for the key), wait, add, abort,
+// abort_on_disconnect.
 // Every call has a deadline; the client reconnects with exponential backoff; keys are
 // namespaced per client prefix (one prefix per communicator). abort(reason) is for a rank that
 // fails: every get or wait on the server, parked or later and under any prefix, then fails at
 // once with that reason instead of waiting out its deadline (set and add still work, so ranks can
-// count themselves out).
+// count themselves out). abort_on_disconnect(reason) arms the same abort for when that client's
+// connection closes (its process died): a rank killed mid-job ends the job for the others too.
 //
 // Wire format (versioned, little-endian), request:
 //   u32 magic 'DMKV' | u16 version | u16 op | u32 key_len | u32 value_len | u32 timeout_ms
@@ -30,7 +32,7 @@ constexpr uint32_t kMaxKey = 1024;
 constexpr uint32_t kMaxValue = 16u << 20;
 constexpr size_t kRequestHeader = 20;
 constexpr size_t kResponseHeader = 12;
-enum Op : uint16_t { kSet = 1, kGet = 2, kWait = 3, kAdd = 4, kAbort = 5 };
+enum Op : uint16_t { kSet = 1, kGet = 2, kWait = 3, kAdd = 4, kAbort = 5, kAbortOnClose = 6 };
 enum Status : uint16_t { kOk = 0, kTimeout = 1, kBadRequest = 2, kAborted = 3 };  // kAborted: value = reason
 }  // namespace store_wire
 
@@ -67,6 +69,8 @@ class TcpStoreClient {
 
   // A client on the same server whose keys live under prefix()/sub.
   std::unique_ptr<TcpStoreClient> scoped(const std::string& sub) const;
+  // Another client on the same server and prefix, with a connection of its own.
+  std::unique_ptr<TcpStoreClient> clone() const;
   const std::string& prefix() const;
 
   // timeout_ms < 0: the client's default. Errors: dmlaErrorTimeout (deadline),
@@ -79,6 +83,12 @@ class TcpStoreClient {
   // Marks the job failed on the server (the first reason is kept): every get / wait then fails
   // with dmlaErrorComm and "store: aborted: <reason>".
   dmlaResult_t abort(const std::string& reason, int timeout_ms = -1);
+  // Arms the server for this client's connection closing (its process died): it then aborts the
+  // job with reason and adds 1 to the counter count_key, which the ranks count themselves out on.
+  // An empty reason disarms (do that before a normal exit). The server sees the close only while
+  // the connection is idle, so arm a client that makes no other call (clone()): a get or wait
+  // parked on it would hide a dead process until it ended.
+  dmlaResult_t abort_on_disconnect(const std::string& reason, const std::string& count_key, int timeout_ms = -1);
 
  private:
   struct Impl;

@@ -25,9 +25,11 @@ constexpr int kPeerCtas = 32;  // fixed: the arrival counts assume it on both si
 // Control block of a world-rank group: arrived[world], freed[world], done (CTA count), epoch,
 // failed (the error word's device twin).
 inline size_t peer_ctrl_bytes(int world) { return (static_cast<size_t>(2 * world + 3) * 8 + 255) & ~size_t(255); }
+inline size_t peer_ctrl_failed_offset(int world) { return static_cast<size_t>(2 * world + 2) * 8; }
 
-// Error word: 0, or kind | peer (the first failure; later calls return at once).
-enum : unsigned { kPeerErrFreeTimeout = 0x100, kPeerErrArriveTimeout = 0x200 };
+// Error word: 0, or kind | peer (the first failure; later calls return at once). The host
+// cancels (kPeerErrCancelled) by writing the control blocks' failed words, which every wait polls.
+enum : unsigned { kPeerErrFreeTimeout = 0x100, kPeerErrArriveTimeout = 0x200, kPeerErrCancelled = 0x300 };
 
 struct PeerExchangeArgs {
   int world = 1;
@@ -70,6 +72,7 @@ struct PeerWindow {
 inline size_t peer_window_ctrl_bytes(int world) {
   return (static_cast<size_t>(2 * world + 4) * 8 + 255) & ~size_t(255);
 }
+inline size_t peer_window_failed_offset(int world) { return static_cast<size_t>(2 * world + 3) * 8; }
 
 // Launches the exchange on stream (never synchronises; graph-capturable). cudaErrorInvalidValue
 // when world, rank, bytes or the pointers are out of range, before anything is launched.

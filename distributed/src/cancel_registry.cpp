@@ -1,0 +1,52 @@
+#include "cancel_registry.h"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <vector>
+
+namespace distmla::dist::detail {
+
+namespace {
+struct Registry {
+  std::mutex mu;
+  std::map<const std::atomic<bool>*, std::vector<Cancellable*>> live;  // not yet cancelled
+};
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+}  // namespace
+
+void register_cancellable(const std::atomic<bool>* flag, Cancellable* c) {
+  if (!flag) return;
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.live[flag].push_back(c);
+}
+
+void unregister_cancellable(const std::atomic<bool>* flag, Cancellable* c) {
+  if (!flag) return;
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  auto it = r.live.find(flag);
+  if (it == r.live.end()) return;
+  auto& v = it->second;
+  v.erase(std::remove(v.begin(), v.end(), c), v.end());
+  if (v.empty()) r.live.erase(it);
+}
+
+void cancel_all(const std::atomic<bool>* flag) {
+  if (!flag) return;
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  auto it = r.live.find(flag);
+  if (it == r.live.end()) return;
+  std::vector<Cancellable*> v;
+  v.swap(it->second);
+  r.live.erase(it);
+  for (Cancellable* c : v) c->stop_kernels();
+  for (Cancellable* c : v) c->abort_now();
+}
+
+}  // namespace distmla::dist::detail
