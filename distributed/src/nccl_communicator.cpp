@@ -183,8 +183,10 @@ class NcclCommunicator final : public Communicator, detail::Cancellable {
     DeviceGuard g(device_);
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
-    // The group shares the parent's resources and abort flag: aborting any communicator of the
-    // family stops the kernels of all of them (CommOptions::cancel: cancel_registry.h).
+    // NCCL shares a parent's resources and abort flag with the groups split from it when the
+    // parent was made with splitShare (the world communicator is, and so is every group, for its
+    // own splits): aborting any communicator of the family then stops the kernels of all of them
+    // before anything is freed (CommOptions::cancel: cancel_registry.h).
     config.splitShare = 1;
     ncclComm_t sub = nullptr;
     ncclResult_t r = ncclCommSplit(comm_, color, key, &sub, &config);
@@ -249,6 +251,7 @@ std::unique_ptr<Communicator> make_nccl_communicator(const NcclId& id, int rank,
   std::memcpy(&uid, id.bytes, sizeof(uid));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
+  config.splitShare = 1;  // the groups split from it share its abort flag (see split())
   ncclComm_t comm = nullptr;
   ncclResult_t r = ncclCommInitRankConfig(&comm, world, uid, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress)

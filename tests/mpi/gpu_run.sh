@@ -1,6 +1,7 @@
 #!/bin/bash
 # The distributed layer's GPU run (2 GPUs, one process each): NCCL and peer-communicator
-# multi-rank tests, then distmla_decode over TP x CP layouts; logs under $OUT. Run from the repository root with the
+# multi-rank tests, a rank killed mid-run (gpu_kill_rank.sh), then distmla_decode over TP x CP
+# layouts; logs under $OUT. Run from the repository root with the
 # build in build-dist (build-dist/rt may hold carried runtime libraries: cudart, Open MPI).
 # Uses mpirun when the machine has it, else N processes bootstrapped through the TCP store.
 # LIB_FIRST=<folder holding another libdistmla.so.0> runs everything on that library (an A/B of
@@ -62,6 +63,8 @@ else
     return $rc
   }
 fi
+# a rank killed mid-run in a store launch ends the job on the other within seconds
+[ "$TESTS" = 1 ] && { OUT=$OUT bash tests/mpi/gpu_kill_rank.sh "$D" > "$OUT/kill_rank.log" 2>&1; echo "kill_rank rc=$?" >> "$G"; }
 run() {  # run <command...>: one configuration, from idle GPUs (a GPU that just ran the previous
   # configuration is clocked down by its power cap: docs/PERFORMANCE.md run 42)
   sleep 2
