@@ -1,0 +1,78 @@
+// distmla_serve: the decode service (decode_server.h; wire format in service_protocol.h).
+//   distmla_serve [--host 0.0.0.0] [--port 29400] [--backend auto|cuda|cpu] [--workers 2] [--max-mb 1024]
+// Runs until SIGINT or SIGTERM. The CUDA backend uses GPU 0 (CUDA_VISIBLE_DEVICES picks it).
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "decode_server.h"
+#include "distmla/distmla.hpp"
+
+namespace {
+
+void usage(const char* argv0) {
+  std::printf("Usage: %s [--host H] [--port P] [--backend auto|cuda|cpu] [--workers N] [--max-mb N]\n"
+              "Serves MLA decode requests over TCP (examples/service/service_protocol.h) until SIGINT/SIGTERM.\n"
+              "  --host H      address to listen on (default 0.0.0.0)\n"
+              "  --port P      TCP port, 0: any free one (default 29400)\n"
+              "  --backend B   auto (CUDA on an sm_90 GPU, else CPU), cuda or cpu (default auto)\n"
+              "  --workers N   requests computed at once, 1..256 (default 2)\n"
+              "  --max-mb N    largest request payload in MiB (default 1024)\n",
+              argv0);
+}
+
+bool to_int(const char* s, long lo, long hi, long* v) {
+  char* end = nullptr;
+  *v = std::strtol(s, &end, 10);
+  return end != s && *end == '\0' && *v >= lo && *v <= hi;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace distmla::service;
+  std::string host = "0.0.0.0";
+  long port = 29400, workers = 2, max_mb = 1024;
+  ServerOptions opt;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-h" || a == "--help") return usage(argv[0]), 0;
+    if (i + 1 >= argc) return std::fprintf(stderr, "%s: %s needs a value\n", argv[0], a.c_str()), 2;
+    const char* v = argv[++i];
+    bool ok = true;
+    if (a == "--host") host = v;
+    else if (a == "--port") ok = to_int(v, 0, 65535, &port);
+    else if (a == "--workers") ok = to_int(v, 1, 256, &workers);
+    else if (a == "--max-mb") ok = to_int(v, 1, 1 << 20, &max_mb);
+    else if (a == "--backend") {
+      const std::string b = v;
+      ok = b == "auto" || b == "cuda" || b == "cpu";
+      opt.backend = b == "cuda" ? dmlaBackendCuda : b == "cpu" ? dmlaBackendCpu : dmlaBackendAuto;
+    } else {
+      std::fprintf(stderr, "%s: unknown flag %s (--help lists them)\n", argv[0], a.c_str());
+      return 2;
+    }
+    if (!ok) return std::fprintf(stderr, "%s: %s %s is out of range or not a number\n", argv[0], a.c_str(), v), 2;
+  }
+  opt.workers = static_cast<int>(workers);
+  opt.max_request_bytes = static_cast<uint64_t>(max_mb) << 20;
+  try {
+    DecodeServer server(host, static_cast<int>(port), opt);
+    std::printf("distmla_serve: listening on %s:%d, %s backend, %d workers, requests up to %ld MiB\n", host.c_str(),
+                server.port(), server.backend() == dmlaBackendCuda ? "cuda" : "cpu", opt.workers, max_mb);
+    std::fflush(stdout);
+    boost::asio::io_context sig_io;
+    boost::asio::signal_set signals(sig_io, SIGINT, SIGTERM);
+    signals.async_wait([](const boost::system::error_code&, int) {});
+    sig_io.run();
+    std::printf("distmla_serve: stopping\n");
+    server.stop();
+  } catch (const distmla::Error& e) {
+    std::fprintf(stderr, "distmla_serve: %s (%s)\n", e.what(), dmlaGetErrorString(e.code()));
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,161 @@
+// The decode service (examples/service): a server on 127.0.0.1, CPU backend, and its client.
+// Answers match the double reference (NaN-poisoned unused pages, a zero-length sequence); a bad
+// shape or a wrong payload size gets an error naming the field and leaves the connection usable;
+// an oversized request is refused and its connection closed; garbage closes that connection only.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "decode_client.h"
+#include "decode_server.h"
+#include "distmla/compare.h"
+#include "distmla/distmla.hpp"
+#include "distmla/reference.h"
+#include "distmla/workload.h"
+#include "service_protocol.h"
+
+using namespace distmla;
+using namespace distmla::service;
+
+namespace {
+
+Workload small_workload(uint64_t seed) {
+  WorkloadOptions o;
+  o.batch = 3;
+  o.s_q = 2;
+  o.h_q = 16;
+  o.page_size = 32;
+  o.lengths = {100, 0, 37};
+  o.seed = seed;
+  return make_workload(o);
+}
+
+ServerOptions cpu(uint64_t max_bytes = 1ull << 30) {
+  ServerOptions o;
+  o.backend = dmlaBackendCpu;
+  o.max_request_bytes = max_bytes;
+  return o;
+}
+
+void expect_matches_reference(const Workload& w, const DecodeResult& r) {
+  ASSERT_EQ(r.status, dmlaSuccess) << r.message;
+  std::vector<double> out_ref, lse_ref;
+  reference_decode(w.shape, w.host_tensors(), &out_ref, &lse_ref);
+  const CompareResult c = compare_with_reference(w.shape, r.out.data(), w.shape.out_dtype, r.lse.data(), out_ref, lse_ref);
+  EXPECT_TRUE(c.ok()) << "wrong " << c.wrong << " rel " << c.rel_err;
+}
+
+}  // namespace
+
+TEST(Service, AnswersMatchTheReference) {
+  DecodeServer server("127.0.0.1", 0, cpu());
+  EXPECT_EQ(server.backend(), dmlaBackendCpu);
+  DecodeClient client("127.0.0.1", server.port());
+  for (uint64_t seed : {1, 2}) {  // two requests on one connection
+    const Workload w = small_workload(seed);
+    expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
+  }
+}
+
+TEST(Service, ABadShapeIsNamedAndTheConnectionStaysUsable) {
+  DecodeServer server("127.0.0.1", 0, cpu());
+  DecodeClient client("127.0.0.1", server.port());
+  const Workload w = small_workload(3);
+  dmlaDecodeShape_t bad = w.shape;
+  bad.page_size = 48;  // same payload size rules, refused by the plan
+  DecodeResult r = client.decode(bad, w.host_tensors());
+  EXPECT_EQ(r.status, dmlaErrorPageSize);
+  EXPECT_NE(r.message.find("48"), std::string::npos) << r.message;
+  // a block id past the pool: caught by the checked run, nothing computed
+  std::vector<int32_t> table = w.block_table;
+  table[0] = w.shape.num_blocks + 5;
+  dmlaDecodeTensors_t t = w.host_tensors();
+  t.block_table = table.data();
+  r = client.decode(w.shape, t);
+  EXPECT_EQ(r.status, dmlaErrorBlockOutOfRange) << r.message;
+  expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
+}
+
+TEST(Service, AWrongPayloadSizeIsRefused) {
+  DecodeServer server("127.0.0.1", 0, cpu());
+  DecodeClient client("127.0.0.1", server.port());
+  const Workload w = small_workload(4);
+  RequestHeader h;
+  h.id = 7;
+  h.shape = w.shape;
+  h.payload_bytes = 100;  // not what the shape needs
+  const auto head = encode_request_header(h);
+  std::vector<uint8_t> frame(head.begin(), head.end());
+  frame.resize(frame.size() + 100);
+  client.send_raw(frame);
+  const DecodeResult r = client.read_result(w.shape);
+  EXPECT_EQ(r.status, dmlaErrorInvalidArgument);
+  EXPECT_NE(r.message.find("payload_bytes = 100"), std::string::npos) << r.message;
+  expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
+}
+
+TEST(Service, AnOversizedRequestIsRefusedAndItsConnectionClosed) {
+  const Workload w = small_workload(5);
+  DecodeServer server("127.0.0.1", 0, cpu(1 << 20));
+  DecodeClient client("127.0.0.1", server.port(), 5000);
+  RequestHeader h;
+  h.shape = w.shape;
+  h.payload_bytes = 1ull << 40;  // refused from the header, before any payload is read
+  const auto head = encode_request_header(h);
+  client.send_raw(std::vector<uint8_t>(head.begin(), head.end()));
+  const DecodeResult r = client.read_result(w.shape);
+  EXPECT_EQ(r.status, dmlaErrorInvalidArgument);
+  EXPECT_NE(r.message.find("over this server's limit of 1048576"), std::string::npos) << r.message;
+  EXPECT_THROW(client.read_result(w.shape), Error);  // closed
+  // a request within the limit, on a new connection
+  DecodeClient again("127.0.0.1", server.port());
+  expect_matches_reference(w, again.decode(w.shape, w.host_tensors()));
+}
+
+TEST(Service, GarbageClosesThatConnectionOnly) {
+  DecodeServer server("127.0.0.1", 0, cpu());
+  DecodeClient bad("127.0.0.1", server.port(), 5000), good("127.0.0.1", server.port());
+  bad.send_raw(std::vector<uint8_t>(kRequestHeaderBytes, 0x5a));
+  const Workload w = small_workload(6);
+  EXPECT_THROW(bad.read_result(w.shape), Error);
+  expect_matches_reference(w, good.decode(w.shape, w.host_tensors()));
+}
+
+TEST(Service, RefusesABadAddressOrPort) {
+  EXPECT_THROW(DecodeServer("not-an-ip", 0, cpu()), Error);
+  EXPECT_THROW(DecodeServer("127.0.0.1", 70000, cpu()), Error);
+  ServerOptions o = cpu();
+  o.workers = 0;
+  EXPECT_THROW(DecodeServer("127.0.0.1", 0, o), Error);
+}
+
+// The CUDA backend behind the service (skipped without a usable sm_90 GPU; scripts/gpu_check.sh
+// runs it on the GPU machine): a larger batch, fp32 out, then a refused request, then again.
+TEST(Service, CudaBackendMatchesTheReference) {
+  dmlaBackend_t b = dmlaBackendCpu;
+  if (dmlaResolveBackend(dmlaBackendAuto, &b) != dmlaSuccess || b != dmlaBackendCuda) GTEST_SKIP() << "no usable GPU";
+  ServerOptions o;
+  o.backend = dmlaBackendCuda;
+  DecodeServer server("127.0.0.1", 0, o);
+  DecodeClient client("127.0.0.1", server.port());
+  WorkloadOptions wo;
+  wo.batch = 16;
+  wo.h_q = 128;
+  wo.mean_len = 700;
+  wo.varlen = true;
+  wo.zero_len_frac = 0.1;
+  const Workload w = make_workload(wo);
+  expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
+  dmlaDecodeShape_t f32 = w.shape;
+  f32.out_dtype = dmlaFP32;
+  Workload w32 = w;
+  w32.shape = f32;
+  expect_matches_reference(w32, client.decode(f32, w.host_tensors()));
+  std::vector<int32_t> lens = w.seqlens;
+  lens[3] = w.shape.max_blocks_per_seq * w.shape.page_size + 1;  // more pages than the table holds
+  dmlaDecodeTensors_t t = w.host_tensors();
+  t.seqlens = lens.data();
+  EXPECT_EQ(client.decode(w.shape, t).status, dmlaErrorSeqlenOutOfRange);
+  expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
+}
