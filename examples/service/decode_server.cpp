@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include <boost/asio.hpp>
+#include <algorithm>
 #include <cstring>
 #include <list>
 #include <mutex>
@@ -70,13 +71,14 @@ std::vector<uint8_t> run_request(const RequestHeader& h, const std::vector<uint8
                         " and max_blocks_per_seq " + std::to_string(s.max_blocks_per_seq) + " need " +
                         std::to_string(z.request()));
   size_t ws_bytes = 0;
-  dmlaPlanGetWorkspaceSize(plan, &ws_bytes);
+  if (dmlaResult_t r = dmlaPlanGetWorkspaceSize(plan, &ws_bytes); r != dmlaSuccess)
+    return response(id, r, dmlaGetLastErrorMessage());
   std::vector<uint8_t> result(z.response());
   const uint8_t* in = payload.data();
   const uint64_t at_kv = z.q, at_table = at_kv + z.kv, at_seqlens = at_table + z.block_table;
   dmlaDecodeTensors_t t{};
   if (backend == dmlaBackendCpu) {
-    std::vector<uint8_t> ws(ws_bytes + 64);
+    std::vector<uint8_t> ws(std::max<size_t>(ws_bytes, 1));
     t.q = in;
     t.kv_pool = in + at_kv;
     t.block_table = reinterpret_cast<const int32_t*>(in + at_table);
