@@ -243,17 +243,21 @@ dmlaResult_t TcpStoreClient::add(const std::string& key, int64_t delta, int64_t*
   return dmlaSuccess;
 }
 
+// An abort's reason as sent: a message, not a payload (4 KiB at most).
+static std::vector<uint8_t> reason_value(const std::string& reason) {
+  const std::string r = reason.substr(0, 4096);
+  return std::vector<uint8_t>(r.begin(), r.end());
+}
+
 dmlaResult_t TcpStoreClient::abort(const std::string& reason, int timeout_ms) {
   std::vector<uint8_t> reply;
-  const std::string r = reason.substr(0, 4096);  // a message, not a payload
-  return impl_->call(w::kAbort, "abort", std::vector<uint8_t>(r.begin(), r.end()), timeout_ms, &reply);
+  return impl_->call(w::kAbort, "abort", reason_value(reason), timeout_ms, &reply);
 }
 
 dmlaResult_t TcpStoreClient::abort_on_disconnect(const std::string& reason, const std::string& count_key,
                                                  int timeout_ms) {
   std::vector<uint8_t> reply;
-  const std::string r = reason.substr(0, 4096);
-  return impl_->call(w::kAbortOnClose, count_key, std::vector<uint8_t>(r.begin(), r.end()), timeout_ms, &reply);
+  return impl_->call(w::kAbortOnClose, count_key, reason_value(reason), timeout_ms, &reply);
 }
 
 }  // namespace distmla::dist
