@@ -63,8 +63,11 @@ TEST(Service, ABadShapeIsNamedAndTheConnectionStaysUsable) {
   DecodeClient client("127.0.0.1", server.port());
   const Workload w = small_workload(3);
   dmlaDecodeShape_t bad = w.shape;
-  bad.page_size = 48;  // same payload size rules, refused by the plan
-  DecodeResult r = client.decode(bad, w.host_tensors());
+  bad.page_size = 48;  // refused by the plan; the pool sent is sized for it, as the protocol wants
+  std::vector<uint16_t> pool48(static_cast<size_t>(bad.num_blocks) * 48 * DMLA_D_QK);
+  dmlaDecodeTensors_t t48 = w.host_tensors();
+  t48.kv_pool = pool48.data();
+  DecodeResult r = client.decode(bad, t48);
   EXPECT_EQ(r.status, dmlaErrorPageSize);
   EXPECT_NE(r.message.find("48"), std::string::npos) << r.message;
   // a block id past the pool: caught by the checked run, nothing computed
