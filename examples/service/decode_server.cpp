@@ -4,6 +4,8 @@
 
 #include <boost/asio.hpp>
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <list>
 #include <mutex>
@@ -37,11 +39,50 @@ std::vector<uint8_t> response(uint64_t id, dmlaResult_t status, const std::strin
   return b;
 }
 
-// Device memory of one request (the service is not the hot path: it allocates per request).
-struct DevBuf {
-  void* p = nullptr;
-  ~DevBuf() {
-    if (p) cudaFree(p);
+// A worker thread's CUDA resources, made by its first CUDA request and kept until the thread
+// ends (the pool's join): a stream, and device buffers that grow to the largest request seen.
+// Allocating per request would make every request synchronise the device (cudaFree does), which
+// serialises the workers.
+struct WorkerDevice {
+  enum Buf { kIn, kOut, kWs, kBufs };
+  cudaStream_t stream = nullptr;
+  void* buf[kBufs] = {};
+  size_t cap[kBufs] = {};
+  ~WorkerDevice() {
+    for (void* b : buf)
+      if (b) cudaFree(b);
+    if (stream) cudaStreamDestroy(stream);
+  }
+  cudaError_t reserve(Buf k, size_t bytes) {
+    if (cap[k] >= bytes) return cudaSuccess;
+    if (buf[k]) cudaFree(buf[k]);
+    buf[k] = nullptr;
+    cap[k] = 0;
+    const cudaError_t e = cudaMalloc(&buf[k], bytes);
+    if (e == cudaSuccess) cap[k] = bytes;
+    return e;
+  }
+};
+thread_local WorkerDevice tl_device;
+
+// The GPU context's state, shared by the workers: lost after a sticky CUDA error.
+struct DeviceHealth {
+  std::atomic<bool> lost{false};
+  mutable std::mutex mu;
+  std::string reason;
+  // After a request failed on the CUDA backend: an error that a device synchronisation still
+  // returns is sticky (an asynchronous kernel fault corrupts the context for good).
+  void check_after_failure(uint64_t id) {
+    const cudaError_t e = cudaDeviceSynchronize();
+    if (e == cudaSuccess) return;
+    std::lock_guard<std::mutex> lock(mu);
+    if (lost.exchange(true)) return;
+    reason = "request " + std::to_string(id) + " left the GPU context unusable: " + cudaGetErrorName(e) + " (" +
+             cudaGetErrorString(e) + ")";
+  }
+  std::string why() const {
+    std::lock_guard<std::mutex> lock(mu);
+    return reason;
   }
 };
 
@@ -91,28 +132,43 @@ std::vector<uint8_t> run_request(const RequestHeader& h, const std::vector<uint8
     std::memcpy(result.data() + z.out, lse.data(), z.lse);
     return response(id, dmlaSuccess, "", std::move(result));
   }
-  DevBuf d_in, d_out, d_ws;
-  SVC_CUDA(cudaMalloc(&d_in.p, std::max<uint64_t>(payload.size(), 1)));
-  SVC_CUDA(cudaMalloc(&d_out.p, std::max<uint64_t>(result.size(), 1)));
-  SVC_CUDA(cudaMalloc(&d_ws.p, std::max<size_t>(ws_bytes, 1)));
-  cudaStream_t st = nullptr;
-  SVC_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  std::unique_ptr<CUstream_st, cudaError_t (*)(cudaStream_t)> st_guard(st, cudaStreamDestroy);
-  SVC_CUDA(cudaMemcpyAsync(d_in.p, in, payload.size(), cudaMemcpyHostToDevice, st));
-  char* din = static_cast<char*>(d_in.p);
+  WorkerDevice& dev = tl_device;
+  if (!dev.stream) SVC_CUDA(cudaStreamCreateWithFlags(&dev.stream, cudaStreamNonBlocking));
+  SVC_CUDA(dev.reserve(WorkerDevice::kIn, std::max<uint64_t>(payload.size(), 1)));
+  SVC_CUDA(dev.reserve(WorkerDevice::kOut, std::max<uint64_t>(result.size(), 1)));
+  SVC_CUDA(dev.reserve(WorkerDevice::kWs, std::max<size_t>(ws_bytes, 1)));
+  const cudaStream_t st = dev.stream;
+  SVC_CUDA(cudaMemcpyAsync(dev.buf[WorkerDevice::kIn], in, payload.size(), cudaMemcpyHostToDevice, st));
+  char* din = static_cast<char*>(dev.buf[WorkerDevice::kIn]);
   t.q = din;
   t.kv_pool = din + at_kv;  // offsets are multiples of 16 (rows of 576 16-bit values)
   t.block_table = reinterpret_cast<const int32_t*>(din + at_table);
   t.seqlens = reinterpret_cast<const int32_t*>(din + at_seqlens);
-  t.out = d_out.p;
-  t.lse = reinterpret_cast<float*>(static_cast<char*>(d_out.p) + z.out);
-  if (dmlaResult_t r = dmlaRun(plan, &t, d_ws.p, ws_bytes, st); r != dmlaSuccess) {
-    cudaStreamSynchronize(st);  // the input copy, before its buffer goes
+  t.out = dev.buf[WorkerDevice::kOut];
+  t.lse = reinterpret_cast<float*>(static_cast<char*>(dev.buf[WorkerDevice::kOut]) + z.out);
+  if (dmlaResult_t r = dmlaRun(plan, &t, dev.buf[WorkerDevice::kWs], ws_bytes, st); r != dmlaSuccess) {
+    cudaStreamSynchronize(st);  // nothing of this request left in flight on the worker's buffers
     return response(id, r, dmlaGetLastErrorMessage());
   }
-  SVC_CUDA(cudaMemcpyAsync(result.data(), d_out.p, result.size(), cudaMemcpyDeviceToHost, st));
+  SVC_CUDA(cudaMemcpyAsync(result.data(), dev.buf[WorkerDevice::kOut], result.size(), cudaMemcpyDeviceToHost, st));
   SVC_CUDA(cudaStreamSynchronize(st));
   return response(id, dmlaSuccess, "", std::move(result));
+}
+
+// run_request behind the GPU context's health: a lost context answers at once, and a failed CUDA
+// request checks whether it lost it.
+std::vector<uint8_t> serve_request(const RequestHeader& h, const std::vector<uint8_t>& payload, dmlaBackend_t backend,
+                                   DeviceHealth& health) {
+  if (backend == dmlaBackendCuda && health.lost)
+    return response(h.id, dmlaErrorCuda, "the GPU context is lost (" + health.why() + "); restart distmla_serve");
+  std::vector<uint8_t> out = run_request(h, payload, backend);
+  if (backend == dmlaBackendCuda) {
+    ResponseHeader rh;
+    std::string err;
+    // any failure: after a fault even the plan's device queries fail, with other codes
+    if (decode_response_header(out.data(), &rh, &err) && rh.status != dmlaSuccess) health.check_after_failure(h.id);
+  }
+  return out;
 }
 
 }  // namespace
@@ -128,6 +184,7 @@ struct DecodeServer::Impl {
   dmlaBackend_t backend = dmlaBackendCpu;
   int port = 0;
   std::list<std::weak_ptr<Session>> sessions;  // touched on the network thread only
+  DeviceHealth health;
   bool stopped = false;
 
   void accept();
@@ -135,16 +192,26 @@ struct DecodeServer::Impl {
 
 class DecodeServer::Impl::Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket sock, Impl& srv) : sock_(std::move(sock)), srv_(srv) {}
+  Session(tcp::socket sock, Impl& srv) : sock_(std::move(sock)), timer_(srv.io), srv_(srv) {}
   void start() { read_header(); }
   void close() {
     boost::system::error_code ignored;
     sock_.close(ignored);
+    timer_.cancel();
   }
 
  private:
+  // Closes the connection unless the next step is done within ms (re-armed at each step; not
+  // armed while the request is computed).
+  void deadline(int ms) {
+    timer_.expires_after(std::chrono::milliseconds(ms));
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->close();
+    });
+  }
   void read_header() {
     auto self = shared_from_this();
+    deadline(srv_.opt.idle_timeout_ms);
     asio::async_read(sock_, asio::buffer(head_), [this, self](boost::system::error_code ec, size_t) {
       if (ec) return close();
       std::string err;
@@ -155,10 +222,12 @@ class DecodeServer::Impl::Session : public std::enable_shared_from_this<Session>
                                  std::to_string(srv_.opt.max_request_bytes) + " (distmla_serve --max-mb)"),
                     /*then_close=*/true);
       payload_.resize(req_.payload_bytes);
+      deadline(srv_.opt.io_timeout_ms);
       asio::async_read(sock_, asio::buffer(payload_), [this, self](boost::system::error_code ec2, size_t) {
         if (ec2) return close();
+        timer_.cancel();
         asio::post(*srv_.pool, [this, self] {
-          std::vector<uint8_t> out = run_request(req_, payload_, srv_.backend);
+          std::vector<uint8_t> out = serve_request(req_, payload_, srv_.backend, srv_.health);
           asio::post(srv_.io, [this, self, out = std::move(out)]() mutable {
             payload_.clear();
             payload_.shrink_to_fit();
@@ -171,6 +240,7 @@ class DecodeServer::Impl::Session : public std::enable_shared_from_this<Session>
   void send(std::vector<uint8_t> frame, bool then_close) {
     out_ = std::move(frame);
     auto self = shared_from_this();
+    deadline(srv_.opt.io_timeout_ms);
     asio::async_write(sock_, asio::buffer(out_), [this, self, then_close](boost::system::error_code ec, size_t) {
       if (ec || then_close) return close();
       read_header();
@@ -178,6 +248,7 @@ class DecodeServer::Impl::Session : public std::enable_shared_from_this<Session>
   }
 
   tcp::socket sock_;
+  asio::steady_timer timer_;
   Impl& srv_;
   std::array<uint8_t, kRequestHeaderBytes> head_{};
   RequestHeader req_;
@@ -190,9 +261,13 @@ void DecodeServer::Impl::accept() {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
     } else {
       boost::system::error_code ignored;
+      sessions.remove_if([](const std::weak_ptr<Session>& w) { return w.expired(); });
+      if (static_cast<int>(sessions.size()) >= opt.max_connections) {
+        sock.close(ignored);  // over the limit: the client sees the connection closed
+        return accept();
+      }
       sock.set_option(tcp::no_delay(true), ignored);
       auto s = std::make_shared<Session>(std::move(sock), *this);
-      sessions.remove_if([](const std::weak_ptr<Session>& w) { return w.expired(); });
       sessions.push_back(s);
       s->start();
     }
@@ -206,6 +281,13 @@ DecodeServer::DecodeServer(const std::string& host, int port, const ServerOption
     throw Error(dmlaErrorInvalidArgument, "DecodeServer: port = " + std::to_string(port) + " (must be 0..65535)");
   if (opt.workers < 1 || opt.workers > 256)
     throw Error(dmlaErrorInvalidArgument, "DecodeServer: workers = " + std::to_string(opt.workers) + " (1..256)");
+  if (opt.max_connections < 1)
+    throw Error(dmlaErrorInvalidArgument, "DecodeServer: max_connections = " + std::to_string(opt.max_connections) +
+                                              " (must be at least 1)");
+  if (opt.idle_timeout_ms < 1 || opt.io_timeout_ms < 1)
+    throw Error(dmlaErrorInvalidArgument, "DecodeServer: idle_timeout_ms = " + std::to_string(opt.idle_timeout_ms) +
+                                              ", io_timeout_ms = " + std::to_string(opt.io_timeout_ms) +
+                                              " (each must be at least 1)");
   check(dmlaResolveBackend(opt.backend, &impl_->backend));
   impl_->opt = opt;
   boost::system::error_code ec;
@@ -228,6 +310,8 @@ DecodeServer::~DecodeServer() { stop(); }
 
 int DecodeServer::port() const { return impl_->port; }
 dmlaBackend_t DecodeServer::backend() const { return impl_->backend; }
+bool DecodeServer::healthy() const { return !impl_->health.lost; }
+std::string DecodeServer::lost_reason() const { return impl_->health.why(); }
 
 void DecodeServer::stop() {
   if (!impl_ || impl_->stopped) return;

@@ -1,11 +1,16 @@
 // distmla_serve: the decode service (decode_server.h; wire format in service_protocol.h).
 //   distmla_serve [--host 0.0.0.0] [--port 29400] [--backend auto|cuda|cpu] [--workers 2] [--max-mb 1024]
-// Runs until SIGINT or SIGTERM. The CUDA backend uses GPU 0 (CUDA_VISIBLE_DEVICES picks it).
+//                 [--max-connections 256] [--idle-s 600] [--io-s 60]
+// Runs until SIGINT or SIGTERM (exit 0), or until the GPU context is lost (exit 3: a supervisor
+// restarts it). The CUDA backend uses GPU 0 (CUDA_VISIBLE_DEVICES picks it).
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "decode_server.h"
@@ -15,12 +20,17 @@ namespace {
 
 void usage(const char* argv0) {
   std::printf("Usage: %s [--host H] [--port P] [--backend auto|cuda|cpu] [--workers N] [--max-mb N]\n"
-              "Serves MLA decode requests over TCP (examples/service/service_protocol.h) until SIGINT/SIGTERM.\n"
+              "          [--max-connections N] [--idle-s N] [--io-s N]\n"
+              "Serves MLA decode requests over TCP (examples/service/service_protocol.h) until SIGINT/SIGTERM;\n"
+              "exits with status 3 if the GPU context is lost (a sticky CUDA error), for a supervisor to restart it.\n"
               "  --host H      address to listen on (default 0.0.0.0)\n"
               "  --port P      TCP port, 0: any free one (default 29400)\n"
               "  --backend B   auto (CUDA on an sm_90 GPU, else CPU), cuda or cpu (default auto)\n"
               "  --workers N   requests computed at once, 1..256 (default 2)\n"
-              "  --max-mb N    largest request payload in MiB (default 1024)\n",
+              "  --max-mb N    largest request payload in MiB (default 1024)\n"
+              "  --max-connections N  connections at once; one more is closed at once (default 256)\n"
+              "  --idle-s N    close a connection with no request for N seconds (default 600)\n"
+              "  --io-s N      close a connection whose request payload or answer takes over N seconds (default 60)\n",
               argv0);
 }
 
@@ -35,7 +45,7 @@ bool to_int(const char* s, long lo, long hi, long* v) {
 int main(int argc, char** argv) {
   using namespace distmla::service;
   std::string host = "0.0.0.0";
-  long port = 29400, workers = 2, max_mb = 1024;
+  long port = 29400, workers = 2, max_mb = 1024, max_conn = 256, idle_s = 600, io_s = 60;
   ServerOptions opt;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -47,6 +57,9 @@ int main(int argc, char** argv) {
     else if (a == "--port") ok = to_int(v, 0, 65535, &port);
     else if (a == "--workers") ok = to_int(v, 1, 256, &workers);
     else if (a == "--max-mb") ok = to_int(v, 1, 1 << 20, &max_mb);
+    else if (a == "--max-connections") ok = to_int(v, 1, 1 << 20, &max_conn);
+    else if (a == "--idle-s") ok = to_int(v, 1, 1 << 20, &idle_s);
+    else if (a == "--io-s") ok = to_int(v, 1, 1 << 20, &io_s);
     else if (a == "--backend") {
       const std::string b = v;
       ok = b == "auto" || b == "cuda" || b == "cpu";
@@ -59,6 +72,9 @@ int main(int argc, char** argv) {
   }
   opt.workers = static_cast<int>(workers);
   opt.max_request_bytes = static_cast<uint64_t>(max_mb) << 20;
+  opt.max_connections = static_cast<int>(max_conn);
+  opt.idle_timeout_ms = static_cast<int>(idle_s * 1000);
+  opt.io_timeout_ms = static_cast<int>(io_s * 1000);
   try {
     DecodeServer server(host, static_cast<int>(port), opt);
     std::printf("distmla_serve: listening on %s:%d, %s backend, %d workers, requests up to %ld MiB\n", host.c_str(),
@@ -66,10 +82,23 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     boost::asio::io_context sig_io;
     boost::asio::signal_set signals(sig_io, SIGINT, SIGTERM);
-    signals.async_wait([](const boost::system::error_code&, int) {});
+    signals.async_wait([&](const boost::system::error_code&, int) { sig_io.stop(); });
+    // The GPU context's health, once a second: a lost one cannot serve again in this process.
+    boost::asio::steady_timer health(sig_io);
+    std::function<void()> watch = [&] {
+      health.expires_after(std::chrono::seconds(1));
+      health.async_wait([&](const boost::system::error_code& ec) {
+        if (ec) return;
+        if (!server.healthy()) return sig_io.stop();
+        watch();
+      });
+    };
+    watch();
     sig_io.run();
-    std::printf("distmla_serve: stopping\n");
+    const bool lost = !server.healthy();
+    std::printf("distmla_serve: stopping%s%s\n", lost ? ": " : "", lost ? server.lost_reason().c_str() : "");
     server.stop();
+    if (lost) return 3;
   } catch (const distmla::Error& e) {
     std::fprintf(stderr, "distmla_serve: %s (%s)\n", e.what(), dmlaGetErrorString(e.code()));
     return 1;

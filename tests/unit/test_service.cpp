@@ -1,10 +1,14 @@
 // The decode service (examples/service): a server on 127.0.0.1, CPU backend, and its client.
 // Answers match the double reference (NaN-poisoned unused pages, a zero-length sequence); a bad
 // shape or a wrong payload size gets an error naming the field and leaves the connection usable;
-// an oversized request is refused and its connection closed; garbage closes that connection only.
+// an oversized request is refused and its connection closed; garbage closes that connection only;
+// connections past the limit, idle ones and stalled transfers are closed without affecting others.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "decode_client.h"
@@ -131,10 +135,75 @@ TEST(Service, RefusesABadAddressOrPort) {
   ServerOptions o = cpu();
   o.workers = 0;
   EXPECT_THROW(DecodeServer("127.0.0.1", 0, o), Error);
+  o = cpu();
+  o.max_connections = 0;
+  EXPECT_THROW(DecodeServer("127.0.0.1", 0, o), Error);
+  o = cpu();
+  o.io_timeout_ms = 0;
+  EXPECT_THROW(DecodeServer("127.0.0.1", 0, o), Error);
+}
+
+TEST(Service, ConnectionsOverTheLimitAreClosed) {
+  ServerOptions o = cpu();
+  o.max_connections = 1;
+  DecodeServer server("127.0.0.1", 0, o);
+  const Workload w = small_workload(7);
+  {
+    DecodeClient first("127.0.0.1", server.port());
+    expect_matches_reference(w, first.decode(w.shape, w.host_tensors()));
+    DecodeClient second("127.0.0.1", server.port(), 5000);  // TCP connects; the server closes it
+    EXPECT_THROW(second.decode(w.shape, w.host_tensors()), Error);
+    expect_matches_reference(w, first.decode(w.shape, w.host_tensors()));
+  }
+  // once the first has gone (the server notices its close), a new one is served
+  for (int attempt = 0;; ++attempt) {
+    try {
+      DecodeClient next("127.0.0.1", server.port(), 5000);
+      expect_matches_reference(w, next.decode(w.shape, w.host_tensors()));
+      break;
+    } catch (const Error&) {
+      ASSERT_LT(attempt, 50) << "the closed connection still counts after 5 s";
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+}
+
+TEST(Service, AnIdleConnectionIsClosed) {
+  ServerOptions o = cpu();
+  o.idle_timeout_ms = 200;
+  DecodeServer server("127.0.0.1", 0, o);
+  const Workload w = small_workload(8);
+  DecodeClient idle("127.0.0.1", server.port(), 5000);
+  expect_matches_reference(w, idle.decode(w.shape, w.host_tensors()));  // the idle time counts from the answer
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_THROW(idle.decode(w.shape, w.host_tensors()), Error);
+  DecodeClient fresh("127.0.0.1", server.port());
+  expect_matches_reference(w, fresh.decode(w.shape, w.host_tensors()));
+}
+
+TEST(Service, AStalledPayloadIsDroppedAndOthersGoOn) {
+  ServerOptions o = cpu();
+  o.io_timeout_ms = 300;
+  DecodeServer server("127.0.0.1", 0, o);
+  const Workload w = small_workload(9);
+  DecodeClient slow("127.0.0.1", server.port(), 5000), good("127.0.0.1", server.port());
+  RequestHeader h;
+  h.shape = w.shape;
+  h.payload_bytes = payload_sizes(w.shape).request();
+  const auto head = encode_request_header(h);
+  std::vector<uint8_t> part(head.begin(), head.end());
+  part.resize(part.size() + h.payload_bytes / 2);  // half the payload, then nothing
+  slow.send_raw(part);
+  expect_matches_reference(w, good.decode(w.shape, w.host_tensors()));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(slow.read_result(w.shape), Error);  // closed by the server, not the client's 5 s
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+  expect_matches_reference(w, good.decode(w.shape, w.host_tensors()));
 }
 
 // The CUDA backend behind the service (skipped without a usable sm_90 GPU; scripts/gpu_check.sh
-// runs it on the GPU machine): a larger batch, fp32 out, then a refused request, then again.
+// runs it on the GPU machine): a larger batch, fp32 out, then a refused request, then again, then
+// two connections at once.
 TEST(Service, CudaBackendMatchesTheReference) {
   dmlaBackend_t b = dmlaBackendCpu;
   if (dmlaResolveBackend(dmlaBackendAuto, &b) != dmlaSuccess || b != dmlaBackendCuda) GTEST_SKIP() << "no usable GPU";
@@ -161,4 +230,36 @@ TEST(Service, CudaBackendMatchesTheReference) {
   t.seqlens = lens.data();
   EXPECT_EQ(client.decode(w.shape, t).status, dmlaErrorSeqlenOutOfRange);
   expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
+  // two connections at once: each worker on its own stream and buffers
+  const Workload small = small_workload(11);
+  std::thread other([&] {
+    DecodeClient c2("127.0.0.1", server.port());
+    for (int k = 0; k < 3; ++k) expect_matches_reference(small, c2.decode(small.shape, small.host_tensors()));
+  });
+  for (int k = 0; k < 3; ++k) expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
+  other.join();
+}
+
+cudaError_t service_test_fault();  // service_fault.cu
+
+// Defined last: its kernel fault leaves this process's GPU context unusable. The request after
+// the fault fails and finds the context lost; later ones are refused with the reason at once.
+TEST(Service, CudaContextLossIsReportedAndLaterRequestsRefused) {
+  dmlaBackend_t b = dmlaBackendCpu;
+  if (dmlaResolveBackend(dmlaBackendAuto, &b) != dmlaSuccess || b != dmlaBackendCuda) GTEST_SKIP() << "no usable GPU";
+  ServerOptions o;
+  o.backend = dmlaBackendCuda;
+  DecodeServer server("127.0.0.1", 0, o);
+  DecodeClient client("127.0.0.1", server.port());
+  const Workload w = small_workload(10);
+  expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
+  EXPECT_TRUE(server.healthy());
+  ASSERT_NE(service_test_fault(), cudaSuccess);
+  const DecodeResult first = client.decode(w.shape, w.host_tensors());
+  EXPECT_NE(first.status, dmlaSuccess);
+  EXPECT_FALSE(server.healthy()) << first.message;
+  EXPECT_NE(server.lost_reason().find("unusable"), std::string::npos) << server.lost_reason();
+  const DecodeResult later = client.decode(w.shape, w.host_tensors());
+  EXPECT_EQ(later.status, dmlaErrorCuda);
+  EXPECT_NE(later.message.find("restart distmla_serve"), std::string::npos) << later.message;
 }
