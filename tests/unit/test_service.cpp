@@ -42,6 +42,17 @@ ServerOptions cpu(uint64_t max_bytes = 1ull << 30) {
   return o;
 }
 
+bool have_gpu() {
+  dmlaBackend_t b = dmlaBackendCpu;
+  return dmlaResolveBackend(dmlaBackendAuto, &b) == dmlaSuccess && b == dmlaBackendCuda;
+}
+
+ServerOptions cuda() {
+  ServerOptions o;
+  o.backend = dmlaBackendCuda;
+  return o;
+}
+
 void expect_matches_reference(const Workload& w, const DecodeResult& r) {
   ASSERT_EQ(r.status, dmlaSuccess) << r.message;
   std::vector<double> out_ref, lse_ref;
@@ -205,11 +216,8 @@ TEST(Service, AStalledPayloadIsDroppedAndOthersGoOn) {
 // runs it on the GPU machine): a larger batch, fp32 out, then a refused request, then again, then
 // two connections at once.
 TEST(Service, CudaBackendMatchesTheReference) {
-  dmlaBackend_t b = dmlaBackendCpu;
-  if (dmlaResolveBackend(dmlaBackendAuto, &b) != dmlaSuccess || b != dmlaBackendCuda) GTEST_SKIP() << "no usable GPU";
-  ServerOptions o;
-  o.backend = dmlaBackendCuda;
-  DecodeServer server("127.0.0.1", 0, o);
+  if (!have_gpu()) GTEST_SKIP() << "no usable GPU";
+  DecodeServer server("127.0.0.1", 0, cuda());
   DecodeClient client("127.0.0.1", server.port());
   WorkloadOptions wo;
   wo.batch = 16;
@@ -245,11 +253,8 @@ cudaError_t service_test_fault();  // service_fault.cu
 // Defined last: its kernel fault leaves this process's GPU context unusable. The request after
 // the fault fails and finds the context lost; later ones are refused with the reason at once.
 TEST(Service, CudaContextLossIsReportedAndLaterRequestsRefused) {
-  dmlaBackend_t b = dmlaBackendCpu;
-  if (dmlaResolveBackend(dmlaBackendAuto, &b) != dmlaSuccess || b != dmlaBackendCuda) GTEST_SKIP() << "no usable GPU";
-  ServerOptions o;
-  o.backend = dmlaBackendCuda;
-  DecodeServer server("127.0.0.1", 0, o);
+  if (!have_gpu()) GTEST_SKIP() << "no usable GPU";
+  DecodeServer server("127.0.0.1", 0, cuda());
   DecodeClient client("127.0.0.1", server.port());
   const Workload w = small_workload(10);
   expect_matches_reference(w, client.decode(w.shape, w.host_tensors()));
