@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,6 +35,21 @@ StoreOptions fast(int timeout_ms) {
   o.backoff_initial_ms = 5;
   o.backoff_max_ms = 50;
   return o;
+}
+
+// waiter.get(key) parked while another thread runs `later` 100 ms in: the get's result, and in
+// *parked_ms how long it took (the thread is joined before this returns).
+dmlaResult_t get_while(TcpStoreClient& waiter, const std::string& key, std::vector<uint8_t>* v,
+                       const std::function<void()>& later, double* parked_ms) {
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    later();
+  });
+  const auto t0 = Clock::now();
+  const dmlaResult_t r = waiter.get(key, v);
+  *parked_ms = ms_since(t0);
+  t.join();
+  return r;
 }
 
 // Raw socket to send hand-made frames. Returns the fd (receive timeout 2 s).
@@ -137,16 +153,12 @@ TEST(TcpStore, WaitWakesOnSetFromAnotherClient) {
   TcpStoreServer server("127.0.0.1", 0);
   TcpStoreClient waiter("127.0.0.1", server.port(), "", fast(5000));
   TcpStoreClient setter("127.0.0.1", server.port(), "", fast(5000));
-  std::thread t([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    setter.set("late", bytes("v"));
-  });
   std::vector<uint8_t> v;
-  auto t0 = Clock::now();
-  EXPECT_EQ(waiter.get("late", &v), dmlaSuccess) << last_error_message();
+  double ms = 0;
+  EXPECT_EQ(get_while(waiter, "late", &v, [&] { setter.set("late", bytes("v")); }, &ms), dmlaSuccess)
+      << last_error_message();
   EXPECT_EQ(str(v), "v");
-  EXPECT_LT(ms_since(t0), 3000);
-  t.join();
+  EXPECT_LT(ms, 3000);
 }
 
 TEST(TcpStore, ServerGoneIsAnErrorNotAHang) {
@@ -269,20 +281,16 @@ TEST(TcpStore, AbortEndsParkedAndLaterWaitsWithItsReason) {
   TcpStoreServer server("127.0.0.1", 0);
   TcpStoreClient waiter("127.0.0.1", server.port(), "job", fast(20000));
   TcpStoreClient failing("127.0.0.1", server.port(), "other", fast(20000));
-  std::thread t([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    EXPECT_EQ(failing.abort("rank 1: bad layout"), dmlaSuccess) << last_error_message();
-  });
   // A get parked on a key nobody will set returns at the abort, not at its 20 s deadline.
   std::vector<uint8_t> v;
-  auto t0 = Clock::now();
-  EXPECT_EQ(waiter.get("never", &v), dmlaErrorComm);
+  double ms = 0;
+  const auto abort = [&] { EXPECT_EQ(failing.abort("rank 1: bad layout"), dmlaSuccess) << last_error_message(); };
+  EXPECT_EQ(get_while(waiter, "never", &v, abort, &ms), dmlaErrorComm);
   EXPECT_NE(std::string(last_error_message()).find("aborted: rank 1: bad layout"), std::string::npos) << last_error_message();
-  EXPECT_LT(ms_since(t0), 3000);
-  t.join();
+  EXPECT_LT(ms, 3000);
   // Later gets and waits fail at once, under any prefix and for keys that exist too.
   ASSERT_EQ(waiter.set("k", bytes("v")), dmlaSuccess) << last_error_message();  // set still works
-  t0 = Clock::now();
+  const auto t0 = Clock::now();
   EXPECT_EQ(failing.wait("k2"), dmlaErrorComm);
   EXPECT_EQ(waiter.get("k", &v), dmlaErrorComm);
   EXPECT_LT(ms_since(t0), 1000);
@@ -300,17 +308,13 @@ TEST(TcpStore, AbortOnDisconnectEndsTheJobWhenAnArmedClientGoesAway) {
   TcpStoreClient waiter("127.0.0.1", server.port(), "job", fast(20000));
   auto dying = waiter.clone();
   ASSERT_EQ(dying->abort_on_disconnect("rank 2: connection closed", "exited"), dmlaSuccess) << last_error_message();
-  std::thread t([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    dying.reset();  // its socket closes, as when the process dies
-  });
   std::vector<uint8_t> v;
-  const auto t0 = Clock::now();
-  EXPECT_EQ(waiter.get("never", &v), dmlaErrorComm);
+  double ms = 0;
+  // its socket closes, as when the process dies
+  EXPECT_EQ(get_while(waiter, "never", &v, [&] { dying.reset(); }, &ms), dmlaErrorComm);
   EXPECT_NE(std::string(last_error_message()).find("aborted: rank 2: connection closed"), std::string::npos)
       << last_error_message();
-  EXPECT_LT(ms_since(t0), 3000);
-  t.join();
+  EXPECT_LT(ms, 3000);
   // ... and counted out under its prefix, as the ranks that leave count themselves.
   int64_t n = 0;
   EXPECT_EQ(waiter.add("exited", 0, &n), dmlaSuccess) << last_error_message();
