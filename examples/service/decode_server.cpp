@@ -22,9 +22,12 @@ using asio::ip::tcp;
 
 namespace {
 
-// A request's answer: the response frame, ready to send.
-std::vector<uint8_t> response(uint64_t id, dmlaResult_t status, const std::string& message,
-                              std::vector<uint8_t> payload = {}) {
+// A request's answer: its status, and the response frame ready to send.
+struct Answer {
+  dmlaResult_t status;
+  std::vector<uint8_t> frame;
+};
+Answer response(uint64_t id, dmlaResult_t status, const std::string& message, std::vector<uint8_t> payload = {}) {
   ResponseHeader h;
   h.id = id;
   h.status = status;
@@ -36,7 +39,7 @@ std::vector<uint8_t> response(uint64_t id, dmlaResult_t status, const std::strin
   std::memcpy(b.data(), head.data(), head.size());
   if (!msg.empty()) std::memcpy(b.data() + head.size(), msg.data(), msg.size());
   if (h.payload_bytes) std::memcpy(b.data() + head.size() + msg.size(), payload.data(), h.payload_bytes);
-  return b;
+  return {status, std::move(b)};
 }
 
 // A worker thread's CUDA resources, made by its first CUDA request and kept until the thread
@@ -95,7 +98,7 @@ struct DeviceHealth {
   } while (0)
 
 // Runs one decode request (payload as the protocol lays it out) on backend; returns the response.
-std::vector<uint8_t> run_request(const RequestHeader& h, const std::vector<uint8_t>& payload, dmlaBackend_t backend) {
+Answer run_request(const RequestHeader& h, const std::vector<uint8_t>& payload, dmlaBackend_t backend) {
   const uint64_t id = h.id;
   const dmlaDecodeShape_t& s = h.shape;
   if (backend == dmlaBackendCuda) SVC_CUDA(cudaSetDevice(0));  // the plan runs on the current device
@@ -160,15 +163,11 @@ std::vector<uint8_t> run_request(const RequestHeader& h, const std::vector<uint8
 std::vector<uint8_t> serve_request(const RequestHeader& h, const std::vector<uint8_t>& payload, dmlaBackend_t backend,
                                    DeviceHealth& health) {
   if (backend == dmlaBackendCuda && health.lost)
-    return response(h.id, dmlaErrorCuda, "the GPU context is lost (" + health.why() + "); restart distmla_serve");
-  std::vector<uint8_t> out = run_request(h, payload, backend);
-  if (backend == dmlaBackendCuda) {
-    ResponseHeader rh;
-    std::string err;
-    // any failure: after a fault even the plan's device queries fail, with other codes
-    if (decode_response_header(out.data(), &rh, &err) && rh.status != dmlaSuccess) health.check_after_failure(h.id);
-  }
-  return out;
+    return response(h.id, dmlaErrorCuda, "the GPU context is lost (" + health.why() + "); restart distmla_serve").frame;
+  Answer a = run_request(h, payload, backend);
+  // any failure: after a fault even the plan's device queries fail, with other codes
+  if (backend == dmlaBackendCuda && a.status != dmlaSuccess) health.check_after_failure(h.id);
+  return std::move(a.frame);
 }
 
 }  // namespace
@@ -219,7 +218,8 @@ class DecodeServer::Impl::Session : public std::enable_shared_from_this<Session>
       if (req_.payload_bytes > srv_.opt.max_request_bytes)  // refused unread: answer, then close
         return send(response(req_.id, dmlaErrorInvalidArgument,
                              "payload_bytes = " + std::to_string(req_.payload_bytes) + " is over this server's limit of " +
-                                 std::to_string(srv_.opt.max_request_bytes) + " (distmla_serve --max-mb)"),
+                                 std::to_string(srv_.opt.max_request_bytes) + " (distmla_serve --max-mb)")
+                        .frame,
                     /*then_close=*/true);
       payload_.resize(req_.payload_bytes);
       deadline(srv_.opt.io_timeout_ms);
