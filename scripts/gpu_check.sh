@@ -48,10 +48,10 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   done
 fi
 
-# 1b. The decode service (examples/service) on the CUDA backend (its log stays off $OUT, which
+# 1b. The decode service (distmla_serve's server) on the CUDA backend (its log stays off $OUT, which
 # brings back 8 files at most; a failure's tail goes into the summary).
-if [ "${SKIP_TESTS:-0}" != 1 ] && [ -x "$B/tests/unit/distmla_service_tests" ]; then
-  timeout 120 "$B/tests/unit/distmla_service_tests" --gtest_color=no --gtest_filter='Service.Cuda*' >/tmp/service.log 2>&1
+if [ "${SKIP_TESTS:-0}" != 1 ] && [ -x "$B/tests/mpi/distmla_service_tests" ]; then
+  timeout 120 "$B/tests/mpi/distmla_service_tests" --gtest_color=no --gtest_filter='Service.Cuda*' >/tmp/service.log 2>&1
   rc=$?
   say "== service on CUDA: rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' /tmp/service.log | head -1)"
   [ $rc -eq 0 ] || tail -20 /tmp/service.log >>"$SUM"

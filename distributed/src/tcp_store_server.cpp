@@ -2,9 +2,6 @@
 // session. wait/get on a missing key park the session until a set/add of that key, its timeout,
 // or an abort (which also answers every later get/wait at once). A session armed with
 // abort_on_disconnect aborts the job when its connection closes.
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-
 #include <boost/asio.hpp>
 
 #include <algorithm>
@@ -15,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "check.h"
+#include "asio_listen.h"
 #include "distmla/dist/tcp_store.h"
 #include "store_codec.h"
 
@@ -191,59 +188,21 @@ void State::abort(const std::vector<uint8_t>& reason) {
 
 }  // namespace
 
-// TCP keepalive on a client's connection: a client whose host died (no FIN ever comes) is noticed
-// after ~16 s (10 s idle, then 3 probes 2 s apart), so that an armed connection
-// (abort_on_disconnect) ends the job then too. Not exercised by the tests (one host only).
-static void keep_alive(tcp::socket& sock) {
-  boost::system::error_code ignored;
-  sock.set_option(asio::socket_base::keep_alive(true), ignored);
-#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
-  const int idle = 10, interval = 2, count = 3;
-  const int fd = sock.native_handle();
-  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
-  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
-#endif
-}
-
 struct TcpStoreServer::Impl {
   asio::io_context io;
   tcp::acceptor acceptor{io};
   State state;
   std::thread thread;
   int port = 0;
-
-  void accept() {
-    acceptor.async_accept([this](boost::system::error_code ec, tcp::socket sock) {
-      if (ec) {
-        if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
-      } else {
-        boost::system::error_code ignored;
-        sock.set_option(tcp::no_delay(true), ignored);
-        keep_alive(sock);
-        std::make_shared<Session>(std::move(sock), state)->start();
-      }
-      accept();
-    });
-  }
 };
 
 TcpStoreServer::TcpStoreServer(const std::string& host, int port) : impl_(std::make_unique<Impl>()) {
-  if (port < 0 || port > 65535)
-    DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "TcpStoreServer: port = " + std::to_string(port) + " (must be 0..65535)");
-  boost::system::error_code ec;
-  asio::ip::address addr = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
-  if (ec) DMLA_DIST_FAIL(dmlaErrorInvalidArgument, "TcpStoreServer: host = '" + host + "' (not an IP address)");
-  tcp::endpoint ep(addr, static_cast<unsigned short>(port));
-  impl_->acceptor.open(ep.protocol(), ec);
-  if (!ec) impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) impl_->acceptor.bind(ep, ec);
-  if (!ec) impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec)
-    DMLA_DIST_FAIL(dmlaErrorComm, "TcpStoreServer: cannot listen on " + host + ":" + std::to_string(port) + ": " +
-                                      ec.message());
-  impl_->port = impl_->acceptor.local_endpoint().port();
-  impl_->accept();
+  impl_->port = net::listen(impl_->acceptor, host, port, "TcpStoreServer");
+  // keepalive: an armed client (abort_on_disconnect) whose host died still ends the job
+  net::accept_loop(impl_->acceptor, [this](tcp::socket sock) {
+    net::keep_alive(sock);
+    std::make_shared<Session>(std::move(sock), impl_->state)->start();
+  });
   impl_->thread = std::thread([this] { impl_->io.run(); });
 }
 

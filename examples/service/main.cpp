@@ -1,4 +1,5 @@
-// distmla_serve: the decode service (decode_server.h; wire format in service_protocol.h).
+// distmla_serve: the decode service (distmla/dist/decode_server.h; wire format in
+// distmla/dist/service_protocol.h).
 //   distmla_serve [--host 0.0.0.0] [--port 29400] [--backend auto|cuda|cpu] [--workers 2] [--max-mb 1024]
 //                 [--max-connections 256] [--idle-s 600] [--io-s 60]
 // Runs until SIGINT or SIGTERM (exit 0), or until the GPU context is lost (exit 3: a supervisor
@@ -13,7 +14,7 @@
 #include <functional>
 #include <string>
 
-#include "decode_server.h"
+#include "distmla/dist/decode_server.h"
 #include "distmla/distmla.hpp"
 
 namespace {
@@ -21,7 +22,7 @@ namespace {
 void usage(const char* argv0) {
   std::printf("Usage: %s [--host H] [--port P] [--backend auto|cuda|cpu] [--workers N] [--max-mb N]\n"
               "          [--max-connections N] [--idle-s N] [--io-s N]\n"
-              "Serves MLA decode requests over TCP (examples/service/service_protocol.h) until SIGINT/SIGTERM;\n"
+              "Serves MLA decode requests over TCP (distmla/dist/service_protocol.h) until SIGINT/SIGTERM;\n"
               "exits with status 3 if the GPU context is lost (a sticky CUDA error), for a supervisor to restart it.\n"
               "  --host H      address to listen on (default 0.0.0.0)\n"
               "  --port P      TCP port, 0: any free one (default 29400)\n"
@@ -43,7 +44,7 @@ bool to_int(const char* s, long lo, long hi, long* v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  using namespace distmla::service;
+  using namespace distmla::dist;
   std::string host = "0.0.0.0";
   long port = 29400, workers = 2, max_mb = 1024, max_conn = 256, idle_s = 600, io_s = 60;
   ServerOptions opt;

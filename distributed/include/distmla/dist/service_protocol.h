@@ -20,7 +20,7 @@
 
 #include "distmla/distmla.h"
 
-namespace distmla::service {
+namespace distmla::dist {
 
 constexpr uint32_t kRequestMagic = 0x52534D44u;   // "DMSR"
 constexpr uint32_t kResponseMagic = 0x41534D44u;  // "DMSA"
@@ -59,4 +59,4 @@ bool decode_request_header(const uint8_t* p, RequestHeader* h, std::string* err)
 std::array<uint8_t, kResponseHeaderBytes> encode_response_header(const ResponseHeader& h);
 bool decode_response_header(const uint8_t* p, ResponseHeader* h, std::string* err);
 
-}  // namespace distmla::service
+}  // namespace distmla::dist

@@ -1,4 +1,4 @@
-// The decode service (examples/service): a server on 127.0.0.1, CPU backend, and its client.
+// The decode service (distmla/dist/decode_server.h): a server on 127.0.0.1, CPU backend, and its client.
 // Answers match the double reference (NaN-poisoned unused pages, a zero-length sequence); a bad
 // shape or a wrong payload size gets an error naming the field and leaves the connection usable;
 // an oversized request is refused and its connection closed; garbage closes that connection only;
@@ -11,16 +11,16 @@
 #include <thread>
 #include <vector>
 
-#include "decode_client.h"
-#include "decode_server.h"
+#include "distmla/dist/decode_client.h"
+#include "distmla/dist/decode_server.h"
 #include "distmla/compare.h"
 #include "distmla/distmla.hpp"
 #include "distmla/reference.h"
 #include "distmla/workload.h"
-#include "service_protocol.h"
+#include "distmla/dist/service_protocol.h"
 
 using namespace distmla;
-using namespace distmla::service;
+using namespace distmla::dist;
 
 namespace {
 

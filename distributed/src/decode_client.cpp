@@ -1,13 +1,13 @@
-#include "decode_client.h"
+#include "distmla/dist/decode_client.h"
 
 #include <boost/asio.hpp>
 #include <chrono>
 #include <cstring>
 
 #include "distmla/distmla.hpp"
-#include "service_protocol.h"
+#include "distmla/dist/service_protocol.h"
 
-namespace distmla::service {
+namespace distmla::dist {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -112,4 +112,4 @@ DecodeResult DecodeClient::read_result(const dmlaDecodeShape_t& shape) {
   return r;
 }
 
-}  // namespace distmla::service
+}  // namespace distmla::dist

@@ -1,4 +1,4 @@
-#include "decode_server.h"
+#include "distmla/dist/decode_server.h"
 
 #include <cuda_runtime_api.h>
 
@@ -12,10 +12,11 @@
 #include <thread>
 #include <vector>
 
+#include "asio_listen.h"
 #include "distmla/distmla.hpp"
-#include "service_protocol.h"
+#include "distmla/dist/service_protocol.h"
 
-namespace distmla::service {
+namespace distmla::dist {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -178,16 +179,15 @@ struct DecodeServer::Impl {
   asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
   tcp::acceptor acceptor{io};
   std::unique_ptr<asio::thread_pool> pool;
-  std::thread net;
+  std::thread net_thread;
   ServerOptions opt;
   dmlaBackend_t backend = dmlaBackendCpu;
   int port = 0;
   std::list<std::weak_ptr<Session>> sessions;  // touched on the network thread only
   DeviceHealth health;
   bool stopped = false;
-
-  void accept();
 };
+
 
 class DecodeServer::Impl::Session : public std::enable_shared_from_this<Session> {
  public:
@@ -255,30 +255,8 @@ class DecodeServer::Impl::Session : public std::enable_shared_from_this<Session>
   std::vector<uint8_t> payload_, out_;
 };
 
-void DecodeServer::Impl::accept() {
-  acceptor.async_accept([this](boost::system::error_code ec, tcp::socket sock) {
-    if (ec) {
-      if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
-    } else {
-      boost::system::error_code ignored;
-      sessions.remove_if([](const std::weak_ptr<Session>& w) { return w.expired(); });
-      if (static_cast<int>(sessions.size()) >= opt.max_connections) {
-        sock.close(ignored);  // over the limit: the client sees the connection closed
-        return accept();
-      }
-      sock.set_option(tcp::no_delay(true), ignored);
-      auto s = std::make_shared<Session>(std::move(sock), *this);
-      sessions.push_back(s);
-      s->start();
-    }
-    accept();
-  });
-}
-
 DecodeServer::DecodeServer(const std::string& host, int port, const ServerOptions& opt)
     : impl_(std::make_unique<Impl>()) {
-  if (port < 0 || port > 65535)
-    throw Error(dmlaErrorInvalidArgument, "DecodeServer: port = " + std::to_string(port) + " (must be 0..65535)");
   if (opt.workers < 1 || opt.workers > 256)
     throw Error(dmlaErrorInvalidArgument, "DecodeServer: workers = " + std::to_string(opt.workers) + " (1..256)");
   if (opt.max_connections < 1)
@@ -290,20 +268,20 @@ DecodeServer::DecodeServer(const std::string& host, int port, const ServerOption
                                               " (each must be at least 1)");
   check(dmlaResolveBackend(opt.backend, &impl_->backend));
   impl_->opt = opt;
-  boost::system::error_code ec;
-  const asio::ip::address addr = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
-  if (ec) throw Error(dmlaErrorInvalidArgument, "DecodeServer: host = '" + host + "' (not an IP address)");
-  const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
-  impl_->acceptor.open(ep.protocol(), ec);
-  if (!ec) impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) impl_->acceptor.bind(ep, ec);
-  if (!ec) impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec)
-    throw Error(dmlaErrorComm, "DecodeServer: cannot listen on " + host + ":" + std::to_string(port) + ": " + ec.message());
-  impl_->port = impl_->acceptor.local_endpoint().port();
+  impl_->port = net::listen(impl_->acceptor, host, port, "DecodeServer");
   impl_->pool = std::make_unique<asio::thread_pool>(opt.workers);
-  impl_->accept();
-  impl_->net = std::thread([this] { impl_->io.run(); });
+  net::accept_loop(impl_->acceptor, [impl = impl_.get()](tcp::socket sock) {
+    impl->sessions.remove_if([](const std::weak_ptr<Impl::Session>& w) { return w.expired(); });
+    if (static_cast<int>(impl->sessions.size()) >= impl->opt.max_connections) {
+      boost::system::error_code ignored;
+      sock.close(ignored);  // over the limit: the client sees the connection closed
+      return;
+    }
+    auto s = std::make_shared<Impl::Session>(std::move(sock), *impl);
+    impl->sessions.push_back(s);
+    s->start();
+  });
+  impl_->net_thread = std::thread([this] { impl_->io.run(); });
 }
 
 DecodeServer::~DecodeServer() { stop(); }
@@ -325,7 +303,7 @@ void DecodeServer::stop() {
   impl_->pool->join();  // requests being computed finish; their answers go to closed sockets
   impl_->guard.reset();
   asio::post(impl_->io, [this] { impl_->io.stop(); });
-  impl_->net.join();
+  impl_->net_thread.join();
 }
 
-}  // namespace distmla::service
+}  // namespace distmla::dist

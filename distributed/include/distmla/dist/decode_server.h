@@ -13,7 +13,7 @@
 
 #include "distmla/distmla.h"
 
-namespace distmla::service {
+namespace distmla::dist {
 
 struct ServerOptions {
   dmlaBackend_t backend = dmlaBackendAuto;
@@ -48,4 +48,4 @@ class DecodeServer {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace distmla::service
+}  // namespace distmla::dist

@@ -1,9 +1,9 @@
-#include "service_protocol.h"
+#include "distmla/dist/service_protocol.h"
 
 #include <cstring>
 #include <limits>
 
-namespace distmla::service {
+namespace distmla::dist {
 
 namespace {
 
@@ -122,4 +122,4 @@ bool decode_response_header(const uint8_t* p, ResponseHeader* h, std::string* er
   return true;
 }
 
-}  // namespace distmla::service
+}  // namespace distmla::dist

@@ -8,7 +8,7 @@
 
 #include "distmla/distmla.h"
 
-namespace distmla::service {
+namespace distmla::dist {
 
 struct DecodeResult {
   dmlaResult_t status = dmlaSuccess;
@@ -35,4 +35,4 @@ class DecodeClient {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace distmla::service
+}  // namespace distmla::dist
