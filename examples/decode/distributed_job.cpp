@@ -181,10 +181,7 @@ int run(const JobOptions& opt, Launch& L) {
   }
 
   // Same workload on every rank.
-  WorkloadOptions wo;
-  wo.batch = opt.batch; wo.s_q = opt.s_q; wo.h_q = opt.heads; wo.page_size = opt.page_size;
-  wo.mean_len = opt.mean_len; wo.varlen = opt.varlen; wo.causal = opt.causal; wo.seed = opt.seed;
-  Workload w = make_workload(wo);
+  Workload w = make_workload(workload_options(opt));
   const dmlaDecodeShape_t& g = w.shape;
   ShardPlan plan(L.world, L.rank, tp, cp, g.h_q, g.s_q, g.causal != 0, g.page_size);
   RankShard s = shard_batch(plan, g, w.host_tensors());

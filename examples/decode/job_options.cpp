@@ -255,4 +255,17 @@ void print_job_usage(const char* argv0) {
       argv0);
 }
 
+WorkloadOptions workload_options(const JobOptions& opt) {
+  WorkloadOptions wo;
+  wo.batch = opt.batch;
+  wo.s_q = opt.s_q;
+  wo.h_q = opt.heads;
+  wo.page_size = opt.page_size;
+  wo.mean_len = opt.mean_len;
+  wo.varlen = opt.varlen;
+  wo.causal = opt.causal;
+  wo.seed = opt.seed;
+  return wo;
+}
+
 }  // namespace distmla::examples

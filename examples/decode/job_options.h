@@ -6,6 +6,7 @@
 #include <string>
 
 #include "distmla/distmla.h"
+#include "distmla/workload.h"
 
 namespace distmla::examples {
 
@@ -45,6 +46,8 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
 // there, valid, and rank < world >= 2.
 bool store_launch_of(int argc, char** argv, JobOptions* opt);
 void print_job_usage(const char* argv0);
+// The random workload the shape flags describe (every job of a command line makes the same one).
+WorkloadOptions workload_options(const JobOptions& opt);
 
 int run_single_device_job(const JobOptions& opt);   // single_job.cpp
 int run_distributed_job(const JobOptions& opt);     // distributed_job.cpp

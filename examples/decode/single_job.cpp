@@ -154,18 +154,9 @@ const char* backend_name(dmlaBackend_t b) {
 }  // namespace
 
 int run_single_device_job(const JobOptions& opt) {
-  WorkloadOptions wo;
-  wo.batch = opt.batch;
-  wo.s_q = opt.s_q;
-  wo.h_q = opt.heads;
-  wo.page_size = opt.page_size;
-  wo.mean_len = opt.mean_len;
-  wo.varlen = opt.varlen;
-  wo.causal = opt.causal;
-  wo.seed = opt.seed;
   Workload w;
   try {
-    w = make_workload(wo);
+    w = make_workload(workload_options(opt));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "distmla_decode: %s\n", e.what());
     return 1;
