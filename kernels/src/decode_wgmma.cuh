@@ -31,16 +31,16 @@ __device__ __forceinline__ void q_rope_from_smem(uint32_t (&qr)[4][4], const uin
   }
 }
 
-// acc (+)= Q K^T over k-steps [G0, G1) of 16 dims, both operands from smem (m64n64); the first
-// step overwrites acc. Each KV chunk's first product waits for the chunk's barrier (full + 8 c).
+// acc (+)= Q K^T over k-steps [G0, G1) of 16 dims, both operands from smem (m64n64; dQ, dK: the
+// Q tile's and the stage's descriptors, K-major); the first step overwrites acc. Each KV chunk's
+// first product waits for the chunk's barrier (full + 8 c).
 template <typename Elem, int G0, int G1>
-__device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t sQ, uint32_t sK, uint32_t full, uint32_t par) {
+__device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t dQ, uint32_t dK, uint32_t full, uint32_t par) {
 #pragma unroll
   for (int g = G0; g < G1; ++g) {
     const int c = g / 4, kk = g % 4;
     if (g == G0 || kk == 0) mbar_wait(full + 8 * c, par);
-    ElemTraits<Elem>::qk64(acc, make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024),
-                           make_desc(sK + c * kChunkBytes + kk * 32, 16, 1024), g > G0);
+    ElemTraits<Elem>::qk64(acc, desc_at(dQ, c * kChunkBytes + kk * 32), desc_at(dK, c * kChunkBytes + kk * 32), g > G0);
   }
 }
 
@@ -58,7 +58,7 @@ __device__ __forceinline__ void put_partial(const float (&acc)[32], uint8_t* slo
 // slot), x_kv: the stage's rope chunk (warpgroup 1's); t = thread in the warpgroup; full, par:
 // the stage's chunk barriers and their phase parity.
 template <typename Elem>
-__device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4][4], uint32_t sQ, uint32_t sK,
+__device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4][4], uint32_t dQ, uint32_t dK,
                                           uint32_t full, uint32_t par, uint8_t* x_q, uint8_t* x_kv, int wg, int t) {
   float acc[32];  // the first product of each branch overwrites it (scale-d 0)
   // 18 k-steps each: warpgroup 0 chunks 0-3 and half of 4; warpgroup 1 the other half of 4,
@@ -66,16 +66,16 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
   // own products (a branch join with groups in flight serialises every wgmma: ptxas C7520).
   if (wg == 0) {
     wgmma_fence();
-    qk64_steps<Elem, 0, 18>(acc, sQ, sK, full, par);
+    qk64_steps<Elem, 0, 18>(acc, dQ, dK, full, par);
     wgmma_commit();
     wgmma_wait0();
   } else {
     wgmma_fence();
-    qk64_steps<Elem, 18, 32>(acc, sQ, sK, full, par);
+    qk64_steps<Elem, 18, 32>(acc, dQ, dK, full, par);
     mbar_wait(full + 8 * 8, par);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      ElemTraits<Elem>::qk64_rs(acc, qr[kk], make_desc(sK + 8 * kChunkBytes + kk * 32, 16, 1024));
+      ElemTraits<Elem>::qk64_rs(acc, qr[kk], desc_at(dK, 8 * kChunkBytes + kk * 32));
     }
     wgmma_commit();
     wgmma_wait0();
@@ -238,6 +238,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     if (lane == 0) mbar_arrive(q_empty);
   };
   const float NEG_INF = -INFINITY;
+  // wgmma descriptors (low words) of the Q tile and the P tile (K-major), moved per product by desc_at
+  const uint32_t dQ = desc_lo(sQ, 16), dP = desc_lo(sP, 16);
   const int r0 = warp_in_wg * 16 + lane / 4;
   const int cq = 2 * (lane % 4);
 
@@ -286,6 +288,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     for (int n = a; n < e; ++n) {
       const int stage = consumed % kStages;
       const uint32_t sK = sKV0 + stage * kTileBytes;
+      // the stage as Q K^T's K (K-major) and as this warpgroup's 256 columns of V (MN-major)
+      const uint32_t dK = desc_lo(sK, 16), dV = desc_lo(sK + 4 * wg * kChunkBytes, kChunkBytes);
       const uint32_t full = stage_full_bars(bar0, stage), par = (consumed / kStages) & 1;
       const int valid = min(L - n * kBlockN, kBlockN);
       // v6 waits for each chunk right before its first product (qk_dsplit); v3, and a block
@@ -309,7 +313,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 
       float s[16];
       if constexpr (kDSplit) {
-        qk_dsplit<Elem>(s, qr, sQ, sK, full, par, gbase + 8 * kChunkBytes,
+        qk_dsplit<Elem>(s, qr, dQ, dK, full, par, gbase + 8 * kChunkBytes,
                         gKV0 + stage * kTileBytes + 8 * kChunkBytes, wg, tid % 128);
       } else {
         // ---- S_w = Q K[32w .. 32w+32)^T (64 x 32, K = 576) ----
@@ -320,8 +324,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         for (int c = 0; c < kChunks; ++c) {
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
-            uint64_t da = make_desc(sQ + c * kChunkBytes + kk * 32, 16, 1024);
-            uint64_t db = make_desc(sK + c * kChunkBytes + wg * 32 * 128 + kk * 32, 16, 1024);
+            const uint64_t da = desc_at(dQ, c * kChunkBytes + kk * 32);
+            const uint64_t db = desc_at(dK, c * kChunkBytes + wg * 32 * 128 + kk * 32);
             ElemTraits<Elem>::qk32(s, da, db, 1);
           }
         }
@@ -408,9 +412,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        uint64_t da = make_desc(sP + kk * 32, 16, 1024);
-        uint64_t db = make_desc(sK + (4 * wg) * kChunkBytes + kk * 16 * 128, kChunkBytes, 1024);
-        ElemTraits<Elem>::pv_ss(o, da, db);
+        ElemTraits<Elem>::pv_ss(o, desc_at(dP, kk * 32), desc_at(dV, kk * 16 * 128));
       }
       wgmma_commit();
       wgmma_wait0();
