@@ -143,6 +143,9 @@ constexpr int kBarrierBytes = 256;  // the mbarriers below, 8 bytes each
 static_assert((kStages * kChunks + kStages + 2 + 3 * kStages) * 8 <= kBarrierBytes, "the kernel's mbarriers fit");
 constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + kBarrierBytes + 512 /*max*/ +
                            512 /*sum*/ + 1024 /*align*/;
+// desc_at's precondition: every operand address (the CTA's window, at most 1 KB reserved before
+// the dynamic smem) fits the descriptor's 14-bit field of address >> 4.
+static_assert(1024 + kSmemBytes <= (1 << 18), "smem operand addresses fit a wgmma descriptor");
 constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one active thread)
 
 // kDSplit (v6) changes Q K^T only: it is split by the 576 dims instead of the tokens, so that
