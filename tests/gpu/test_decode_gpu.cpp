@@ -289,6 +289,16 @@ TEST(GpuDecode, Batch128Short) {
   SKIP_WITHOUT_SM90();
   run_case({128, 1, 16, 64, 20, true, 0.1});
 }
+// Batches past the schedule kernel's 1024 threads (its passes loop over the sequences), with
+// dozens of short sequences a part and zero lengths among them; at h_q 128 with row-tile pairs.
+TEST(GpuDecode, Batch1500ShortPage16) {
+  SKIP_WITHOUT_SM90();
+  run_case({1500, 1, 16, 16, 60, true, 0.1});
+}
+TEST(GpuDecode, Batch1100Heads128) {
+  SKIP_WITHOUT_SM90();
+  run_case({1100, 1, 128, 64, 100, true, 0.05});
+}
 // 128 equal sequences of 1024 tokens at h_q 128: the schedule takes 64 parts of two whole
 // sequences instead of 66 parts that split most of them (schedule.cuh).
 TEST(GpuDecode, UniformBatchWholeSequenceParts) {
