@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "asio_net.h"
 #include "distmla/distmla.hpp"
 #include "distmla/dist/service_protocol.h"
 
@@ -20,15 +21,9 @@ struct DecodeClient::Impl {
 
   // Runs io until *ec is set or the deadline passes (then the socket is closed and this throws).
   void run(boost::system::error_code* ec, const char* what) {
-    io.restart();
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (*ec == asio::error::would_block)
-      if (io.run_one_until(deadline) == 0 && std::chrono::steady_clock::now() >= deadline) break;
-    if (*ec == asio::error::would_block) {
-      boost::system::error_code ignored;
-      sock.close(ignored);
-      io.restart();
-      io.poll();
+    if (!net::run_until(io, deadline, ec)) {
+      net::abandon(sock, io);
       throw Error(dmlaErrorTimeout, std::string("decode service: ") + what + " not done within " +
                                         std::to_string(timeout_ms) + " ms");
     }

@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "asio_listen.h"
+#include "asio_net.h"
 #include "distmla/distmla.hpp"
 #include "distmla/dist/service_protocol.h"
 

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "asio_net.h"
 #include "check.h"
 #include "distmla/dist/tcp_store.h"
 #include "deadline_poll.h"
@@ -51,26 +52,16 @@ struct TcpStoreClient::Impl {
 
   void drop() {
     if (sock) {
-      boost::system::error_code ignored;
-      sock->close(ignored);
-      // Let the cancelled handlers run so the next operation starts clean.
-      io.restart();
-      io.poll();
+      net::abandon(*sock, io);
       sock.reset();
     }
   }
 
   // Runs the io_context until *ec is set or the deadline passes (then the socket is dropped).
   bool run_until(Clock::time_point deadline, boost::system::error_code* ec) {
-    io.restart();
-    while (*ec == asio::error::would_block) {
-      if (io.run_one_until(deadline) == 0 && Clock::now() >= deadline) break;
-    }
-    if (*ec == asio::error::would_block) {
-      drop();
-      return false;
-    }
-    return true;
+    if (net::run_until(io, deadline, ec)) return true;
+    drop();
+    return false;
   }
 
   dmlaResult_t connect(Clock::time_point deadline) {

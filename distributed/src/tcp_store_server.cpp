@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "asio_listen.h"
+#include "asio_net.h"
 #include "distmla/dist/tcp_store.h"
 #include "store_codec.h"
 

@@ -1,4 +1,5 @@
-// Internal: the listening side shared by the TCP store server and the decode service.
+// Internal: the Boost.Asio pieces shared by the TCP store and the decode service: the servers'
+// listening and accepting, and the clients' blocking calls with a deadline.
 #pragma once
 
 #include <netinet/in.h>
@@ -6,6 +7,7 @@
 
 #include <boost/asio.hpp>
 
+#include <chrono>
 #include <string>
 #include <utility>
 
@@ -64,6 +66,26 @@ inline void keep_alive(boost::asio::ip::tcp::socket& sock) {
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
 #endif
+}
+
+// A client's blocking step: runs io until the step's handler has set *ec (it starts as
+// asio::error::would_block) or the deadline passes; false on the deadline, when the caller gives
+// the connection up (abandon).
+inline bool run_until(boost::asio::io_context& io, std::chrono::steady_clock::time_point deadline,
+                      const boost::system::error_code* ec) {
+  io.restart();
+  while (*ec == boost::asio::error::would_block)
+    if (io.run_one_until(deadline) == 0 && std::chrono::steady_clock::now() >= deadline) break;
+  return *ec != boost::asio::error::would_block;
+}
+
+// Closes a client's socket and lets the cancelled handlers run, so that the next operation on io
+// starts clean.
+inline void abandon(boost::asio::ip::tcp::socket& sock, boost::asio::io_context& io) {
+  boost::system::error_code ignored;
+  sock.close(ignored);
+  io.restart();
+  io.poll();
 }
 
 }  // namespace distmla::dist::net
