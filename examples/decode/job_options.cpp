@@ -23,18 +23,6 @@ bool parse_int64(const std::string& s, long long* v) {
   return true;
 }
 
-// Parses an int in [lo, hi]; on failure *err names the flag and the value.
-bool int_in(const std::string& flag, const std::string& val, long long lo, long long hi,
-            const char* what, int* out, std::string* err) {
-  long long x;
-  if (!parse_int64(val, &x) || x < lo || x > hi) {
-    *err = flag + " " + val + ": " + what;
-    return false;
-  }
-  *out = static_cast<int>(x);
-  return true;
-}
-
 bool bool01(const std::string& flag, const std::string& val, bool* out, std::string* err) {
   if (val == "0" || val == "1") {
     *out = val == "1";
@@ -69,13 +57,24 @@ bool launch_flag(const std::string& flag, const std::string& val, JobOptions* op
     opt->store = val;
     return true;
   }
-  if (flag == "--rank") return int_in(flag, val, 0, kIntMax, "rank must be >= 0", &opt->rank, err);
-  if (flag == "--world") return int_in(flag, val, 1, kIntMax, "world size must be >= 1", &opt->world, err);
+  if (flag == "--rank") return int_flag(flag, val, 0, kIntMax, "rank must be >= 0", &opt->rank, err);
+  if (flag == "--world") return int_flag(flag, val, 1, kIntMax, "world size must be >= 1", &opt->world, err);
   *known = false;
   return true;
 }
 
 }  // namespace
+
+bool int_flag(const std::string& flag, const std::string& val, long long lo, long long hi, const char* what,
+              int* out, std::string* err) {
+  long long x;
+  if (!parse_int64(val, &x) || x < lo || x > hi) {
+    *err = flag + " " + val + ": " + what;
+    return false;
+  }
+  *out = static_cast<int>(x);
+  return true;
+}
 
 bool store_launch_of(int argc, char** argv, JobOptions* opt) {
   for (int i = 1; i < argc; ++i) {
@@ -121,23 +120,23 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
     bool ok = launch_flag(flag, val, opt, &launch, err);
     if (launch) {
     } else if (flag == "-b" || flag == "--batch") {
-      ok = int_in(flag, val, 0, kIntMax, "batch must be an integer >= 0", &opt->batch, err);
+      ok = int_flag(flag, val, 0, kIntMax, "batch must be an integer >= 0", &opt->batch, err);
     } else if (flag == "-s" || flag == "--seqlen") {
-      ok = int_in(flag, val, 0, kIntMax, "mean sequence length must be an integer >= 0", &opt->mean_len, err);
+      ok = int_flag(flag, val, 0, kIntMax, "mean sequence length must be an integer >= 0", &opt->mean_len, err);
     } else if (flag == "-H" || flag == "--heads") {
-      ok = int_in(flag, val, 1, DMLA_MAX_HEADS, "heads must be 1..128", &opt->heads, err);
+      ok = int_flag(flag, val, 1, DMLA_MAX_HEADS, "heads must be 1..128", &opt->heads, err);
     } else if (flag == "-q" || flag == "--sq") {
-      ok = int_in(flag, val, 1, DMLA_MAX_SQ, "query tokens (s_q) must be 1..4", &opt->s_q, err);
+      ok = int_flag(flag, val, 1, DMLA_MAX_SQ, "query tokens (s_q) must be 1..4", &opt->s_q, err);
     } else if (flag == "-p" || flag == "--page") {
-      ok = int_in(flag, val, 16, 128, "page size must be 16, 32, 64 or 128", &opt->page_size, err);
+      ok = int_flag(flag, val, 16, 128, "page size must be 16, 32, 64 or 128", &opt->page_size, err);
       if (ok && (opt->page_size & (opt->page_size - 1)) != 0) {
         *err = flag + " " + val + ": page size must be 16, 32, 64 or 128";
         ok = false;
       }
     } else if (flag == "-n" || flag == "--iters") {
-      ok = int_in(flag, val, 1, kIntMax, "iterations must be >= 1", &opt->iters, err);
+      ok = int_flag(flag, val, 1, kIntMax, "iterations must be >= 1", &opt->iters, err);
     } else if (flag == "-w" || flag == "--warmup") {
-      ok = int_in(flag, val, 0, kIntMax, "warm-up iterations must be >= 0", &opt->warmup, err);
+      ok = int_flag(flag, val, 0, kIntMax, "warm-up iterations must be >= 0", &opt->warmup, err);
     } else if (flag == "-c" || flag == "--check") {
       ok = bool01(flag, val, &opt->check, err);
     } else if (flag == "-P" || flag == "--peer") {
@@ -167,9 +166,9 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
         ok = false;
       }
     } else if (flag == "-t" || flag == "--tp") {
-      ok = int_in(flag, val, 1, DMLA_MAX_HEADS, "tensor-parallel size must be 1..128", &opt->tp, err);
+      ok = int_flag(flag, val, 1, DMLA_MAX_HEADS, "tensor-parallel size must be 1..128", &opt->tp, err);
     } else if (flag == "-x" || flag == "--cp") {
-      ok = int_in(flag, val, 1, 4096, "context-parallel size must be 1..4096", &opt->cp, err);
+      ok = int_flag(flag, val, 1, 4096, "context-parallel size must be 1..4096", &opt->cp, err);
     } else if (flag == "-m" || flag == "--merge") {
       if (val == "allgather" || val == "alltoall" || val == "auto") {
         opt->merge = val;
@@ -178,13 +177,13 @@ bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::
         ok = false;
       }
     } else if (flag == "-k" || flag == "--sub-batches") {
-      ok = int_in(flag, val, 0, 8, "sub-batches must be 0 (automatic) .. 8", &opt->sub_batches, err);
+      ok = int_flag(flag, val, 0, 8, "sub-batches must be 0 (automatic) .. 8", &opt->sub_batches, err);
     } else if (flag == "-G" || flag == "--graph-iters") {
-      ok = int_in(flag, val, 0, 100000, "graph replays must be 0 (off) .. 100000", &opt->graph_iters, err);
+      ok = int_flag(flag, val, 0, 100000, "graph replays must be 0 (off) .. 100000", &opt->graph_iters, err);
     } else if (flag == "-r" || flag == "--reuse-schedule") {
       ok = bool01(flag, val, &opt->reuse_schedule, err);
     } else if (flag == "-W" || flag == "--warm-ms") {
-      ok = int_in(flag, val, 0, 60000, "warm time must be 0 .. 60000 ms", &opt->warm_ms, err);
+      ok = int_flag(flag, val, 0, 60000, "warm time must be 0 .. 60000 ms", &opt->warm_ms, err);
     } else {
       *err = "unknown flag " + flag + " (see --help)";
       ok = false;

@@ -39,6 +39,10 @@ struct JobOptions {
   int peer = -1;
 };
 
+// An integer flag's value in [lo, hi]: false with *err = "<flag> <val>: <what>" otherwise (also
+// read by the service's programs, examples/service).
+bool int_flag(const std::string& flag, const std::string& val, long long lo, long long hi, const char* what,
+              int* out, std::string* err);
 // Returns false with *err set (naming the flag and the value) on bad input; sets *help on --help.
 bool parse_job_options(int argc, char** argv, JobOptions* opt, bool* help, std::string* err);
 // The store launch a command line names (--store, --rank, --world, read as parse_job_options

@@ -4,7 +4,6 @@
 // Exit codes: 0 ok, 1 wrong results, a refused request or no server, 2 bad command line.
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -58,13 +57,9 @@ bool take_client_flags(int& argc, char** argv, ClientFlags* f, std::string* err)
       f->host = v;
       continue;
     }
-    char* end = nullptr;
-    const long n = std::strtol(v.c_str(), &end, 10);
-    const bool port = a == "--port";
-    const long hi = port ? 65535 : 86400;
-    if (end == v.c_str() || *end != '\0' || n < 1 || n > hi)
-      return *err = a + " " + v + " is out of range or not a number (1.." + std::to_string(hi) + ")", false;
-    (port ? f->port : f->timeout_s) = static_cast<int>(n);
+    const bool ok = a == "--port" ? distmla::examples::int_flag(a, v, 1, 65535, "must be 1..65535", &f->port, err)
+                                  : distmla::examples::int_flag(a, v, 1, 86400, "must be 1..86400", &f->timeout_s, err);
+    if (!ok) return false;
   }
   argc = out;
   return true;

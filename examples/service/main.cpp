@@ -9,13 +9,13 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
 
 #include "distmla/dist/decode_server.h"
 #include "distmla/distmla.hpp"
+#include "job_options.h"
 
 namespace {
 
@@ -35,50 +35,46 @@ void usage(const char* argv0) {
               argv0);
 }
 
-bool to_int(const char* s, long lo, long hi, long* v) {
-  char* end = nullptr;
-  *v = std::strtol(s, &end, 10);
-  return end != s && *end == '\0' && *v >= lo && *v <= hi;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace distmla::dist;
   std::string host = "0.0.0.0";
-  long port = 29400, workers = 2, max_mb = 1024, max_conn = 256, idle_s = 600, io_s = 60;
+  int port = 29400, workers = 2, max_mb = 1024, max_conn = 256, idle_s = 600, io_s = 60;
   ServerOptions opt;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-h" || a == "--help") return usage(argv[0]), 0;
     if (i + 1 >= argc) return std::fprintf(stderr, "%s: %s needs a value\n", argv[0], a.c_str()), 2;
-    const char* v = argv[++i];
+    const std::string v = argv[++i];
+    using distmla::examples::int_flag;
+    std::string err;
     bool ok = true;
     if (a == "--host") host = v;
-    else if (a == "--port") ok = to_int(v, 0, 65535, &port);
-    else if (a == "--workers") ok = to_int(v, 1, 256, &workers);
-    else if (a == "--max-mb") ok = to_int(v, 1, 1 << 20, &max_mb);
-    else if (a == "--max-connections") ok = to_int(v, 1, 1 << 20, &max_conn);
-    else if (a == "--idle-s") ok = to_int(v, 1, 1 << 20, &idle_s);
-    else if (a == "--io-s") ok = to_int(v, 1, 1 << 20, &io_s);
+    else if (a == "--port") ok = int_flag(a, v, 0, 65535, "must be 0..65535", &port, &err);
+    else if (a == "--workers") ok = int_flag(a, v, 1, 256, "must be 1..256", &workers, &err);
+    else if (a == "--max-mb") ok = int_flag(a, v, 1, 1 << 20, "must be 1..1048576", &max_mb, &err);
+    else if (a == "--max-connections") ok = int_flag(a, v, 1, 1 << 20, "must be 1..1048576", &max_conn, &err);
+    else if (a == "--idle-s") ok = int_flag(a, v, 1, 1 << 20, "must be 1..1048576", &idle_s, &err);
+    else if (a == "--io-s") ok = int_flag(a, v, 1, 1 << 20, "must be 1..1048576", &io_s, &err);
     else if (a == "--backend") {
-      const std::string b = v;
-      ok = b == "auto" || b == "cuda" || b == "cpu";
-      opt.backend = b == "cuda" ? dmlaBackendCuda : b == "cpu" ? dmlaBackendCpu : dmlaBackendAuto;
+      ok = v == "auto" || v == "cuda" || v == "cpu";
+      if (!ok) err = a + " " + v + ": must be auto, cuda or cpu";
+      opt.backend = v == "cuda" ? dmlaBackendCuda : v == "cpu" ? dmlaBackendCpu : dmlaBackendAuto;
     } else {
       std::fprintf(stderr, "%s: unknown flag %s (--help lists them)\n", argv[0], a.c_str());
       return 2;
     }
-    if (!ok) return std::fprintf(stderr, "%s: %s %s is out of range or not a number\n", argv[0], a.c_str(), v), 2;
+    if (!ok) return std::fprintf(stderr, "%s: %s\n", argv[0], err.c_str()), 2;
   }
-  opt.workers = static_cast<int>(workers);
+  opt.workers = workers;
   opt.max_request_bytes = static_cast<uint64_t>(max_mb) << 20;
-  opt.max_connections = static_cast<int>(max_conn);
-  opt.idle_timeout_ms = static_cast<int>(idle_s * 1000);
-  opt.io_timeout_ms = static_cast<int>(io_s * 1000);
+  opt.max_connections = max_conn;
+  opt.idle_timeout_ms = idle_s * 1000;  // at most 2^20 s: fits an int in ms
+  opt.io_timeout_ms = io_s * 1000;
   try {
-    DecodeServer server(host, static_cast<int>(port), opt);
-    std::printf("distmla_serve: listening on %s:%d, %s backend, %d workers, requests up to %ld MiB\n", host.c_str(),
+    DecodeServer server(host, port, opt);
+    std::printf("distmla_serve: listening on %s:%d, %s backend, %d workers, requests up to %d MiB\n", host.c_str(),
                 server.port(), server.backend() == dmlaBackendCuda ? "cuda" : "cpu", opt.workers, max_mb);
     std::fflush(stdout);
     boost::asio::io_context sig_io;
