@@ -27,13 +27,21 @@ void register_cancellable(const std::atomic<bool>* flag, Cancellable* c) {
 
 void unregister_cancellable(const std::atomic<bool>* flag, Cancellable* c) {
   if (!flag) return;
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  auto it = r.live.find(flag);
-  if (it == r.live.end()) return;
-  auto& v = it->second;
-  v.erase(std::remove(v.begin(), v.end(), c), v.end());
-  if (v.empty()) r.live.erase(it);
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.live.find(flag);
+    if (it != r.live.end()) {
+      auto& v = it->second;
+      v.erase(std::remove(v.begin(), v.end(), c), v.end());
+      if (v.empty()) r.live.erase(it);
+    }
+  }
+  if (!flag->load()) return;
+  // a cancelled job: every communicator's kernels end before this teardown frees or waits
+  c->stop_kernels();
+  cancel_all(flag);
+  c->abort_now();
 }
 
 void cancel_all(const std::atomic<bool>* flag) {

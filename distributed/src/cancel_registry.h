@@ -11,8 +11,9 @@ namespace distmla::dist::detail {
 // still spinning for a dead peer, another communicator's included: first every communicator of
 // the flag stops its kernels (peer: the failed words its waits poll), then each is aborted
 // (NCCL: ncclCommAbort; the communicators split from one share its abort flag, splitShare,
-// so the first abort stops every NCCL kernel of the family before anything is freed). Both are
-// called once, on the thread that saw the flag, with the registry locked (no registry calls).
+// so the first abort stops every NCCL kernel of the family before anything is freed). Both may be
+// called more than once (cancel_all, then the communicator's own unregistering), so they are
+// idempotent, and they make no registry calls (cancel_all holds its lock).
 class Cancellable {
  public:
   virtual ~Cancellable() = default;
@@ -21,6 +22,8 @@ class Cancellable {
 };
 
 // Register in the constructor, unregister first thing in the destructor (no-ops for a null flag).
+// Unregistering when the flag is already set also ends the job's communicators before this one's
+// teardown frees anything: c->stop_kernels(), cancel_all(flag) for the others, c->abort_now().
 void register_cancellable(const std::atomic<bool>* flag, Cancellable* c);
 void unregister_cancellable(const std::atomic<bool>* flag, Cancellable* c);
 // stop_kernels(), then abort_now(), of every communicator registered on flag (each once).

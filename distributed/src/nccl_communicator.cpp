@@ -78,11 +78,7 @@ class NcclCommunicator final : public Communicator, detail::Cancellable {
   }
 
   ~NcclCommunicator() override {
-    detail::unregister_cancellable(opt_.cancel, this);
-    if (opt_.cancel && opt_.cancel->load()) {  // a cancelled job: every communicator's kernels end before any free
-      detail::cancel_all(opt_.cancel);
-      abort_now();
-    }
+    detail::unregister_cancellable(opt_.cancel, this);  // a cancelled job: aborts this one and the others
     {
       DeviceGuard g(device_);
       if (scratch_) cudaFree(scratch_);

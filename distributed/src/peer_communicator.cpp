@@ -36,11 +36,7 @@ class PeerCommunicator final : public Communicator, detail::Cancellable {
     detail::register_cancellable(opt_.cancel, this);
   }
   ~PeerCommunicator() override {
-    detail::unregister_cancellable(opt_.cancel, this);
-    if (opt_.cancel && opt_.cancel->load()) {  // this one's kernels and the others', before the teardown waits
-      stop_kernels();
-      detail::cancel_all(opt_.cancel);
-    }
+    detail::unregister_cancellable(opt_.cancel, this);  // a cancelled job: stops this one's kernels and the others'
     release();
     DeviceGuard g(device_);
     if (side_) cudaStreamDestroy(side_);
