@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../../examples/decode/job_options.h"
@@ -17,14 +18,25 @@ struct Parsed {
   JobOptions opt;
 };
 
-Parsed parse(std::vector<std::string> args) {
+// f(argc, argv) on the command line "distmla_decode <args>".
+template <typename F>
+auto with_argv(std::vector<std::string> args, F f) {
   args.insert(args.begin(), "distmla_decode");
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
+  return f(static_cast<int>(argv.size()), argv.data());
+}
+
+Parsed parse(std::vector<std::string> args) {
   Parsed p;
-  p.ok = distmla::examples::parse_job_options(static_cast<int>(argv.size()), argv.data(), &p.opt,
-                                              &p.help, &p.err);
+  p.ok = with_argv(std::move(args), [&](int argc, char** argv) {
+    return distmla::examples::parse_job_options(argc, argv, &p.opt, &p.help, &p.err);
+  });
   return p;
+}
+
+bool launch_of(std::vector<std::string> args, JobOptions* opt) {
+  return with_argv(std::move(args), [&](int argc, char** argv) { return distmla::examples::store_launch_of(argc, argv, opt); });
 }
 
 TEST(JobOptions, Defaults) {
@@ -96,15 +108,6 @@ TEST(JobOptions, BadValuesNameTheFlagAndTheValue) {
   }
 }
 
-}  // namespace
-
-namespace {
-bool launch_of(std::vector<std::string> args, JobOptions* opt) {
-  args.insert(args.begin(), "distmla_decode");
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  return distmla::examples::store_launch_of(static_cast<int>(argv.size()), argv.data(), opt);
-}
 }  // namespace
 
 // A command line that does not parse still names its store launch (so that the rank can end it).
