@@ -36,6 +36,8 @@ struct WsLayout {
   size_t seq_split_base = 0;  // int[b]
   size_t part_begin = 0;  // int[P]
   size_t part_end = 0;    // int[P]
+  size_t cut_info = 0;    // int4[P]: {sequence, splits, split base} that the cut after part x
+                          // splits first, sequence -1 if none (combine_by_cut)
   size_t part_o = 0;      // [max_splits][rows][512], the out type (Meta::part_o); sized for fp32
   size_t part_lse = 0;    // float[max_splits][rows]
   // int[b][row tiles] each: the splits of a sequence's row tile whose partials are written (zeroed
@@ -76,6 +78,7 @@ inline WsLayout make_layout(const DecodeShape& s) {
   w.seq_split_base = take(b * sizeof(int));
   w.part_begin = take(w.num_parts * sizeof(int));
   w.part_end = take(w.num_parts * sizeof(int));
+  w.cut_info = take(w.num_parts * 4 * sizeof(int));
   w.part_o = take(static_cast<size_t>(w.max_splits) * rows * kDV * sizeof(float));
   w.part_lse = take(static_cast<size_t>(w.max_splits) * rows * sizeof(float));
   w.split_ready = take(b * num_row_tiles(s) * sizeof(int));
@@ -94,6 +97,7 @@ struct Meta {
   int* seq_split_base;
   int* part_begin;
   int* part_end;
+  int4* cut_info;
   // Split partials in the output's type: fp32 for fp32 out, else its 16-bit type (as partials
   // cross ranks); 16-bit halves the bytes they add to a memory-bound step (run 36).
   void* part_o;
@@ -114,6 +118,7 @@ inline Meta make_meta(const WsLayout& w, void* ws) {
   m.seq_split_base = reinterpret_cast<int*>(base + w.seq_split_base);
   m.part_begin = reinterpret_cast<int*>(base + w.part_begin);
   m.part_end = reinterpret_cast<int*>(base + w.part_end);
+  m.cut_info = reinterpret_cast<int4*>(base + w.cut_info);
   m.part_o = base + w.part_o;
   m.part_lse = reinterpret_cast<float*>(base + w.part_lse);
   m.split_ready = reinterpret_cast<int*>(base + w.split_ready);

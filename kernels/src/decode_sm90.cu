@@ -232,13 +232,14 @@ bool use_kv_multicast(const DeviceFacts& facts, dim3 grid) {
   return on && grid.y % 2 == 0 && static_cast<long long>(facts.pair_clusters) * 2 >= 1LL * grid.x * grid.y;
 }
 
-// The split combine with kQ warps a row: grid (batch, ceil(rows * kQ / 8)) of 8-warp CTAs; the
-// partials are fp32 for fp32 out, else 16-bit (Meta::part_o).
-dim3 combine_grid(int batch, int rows, int kQ) { return dim3(batch, (rows * kQ + 7) / 8); }
+// The split combine with kQ warps a row: grid (batch or num_parts - 1 (combine_by_cut),
+// ceil(rows * kQ / 8)) of 8-warp CTAs; the partials are fp32 for fp32 out, else 16-bit (Meta::part_o).
+dim3 combine_grid(const Params& p, int kQ) {
+  return dim3(combine_by_cut(p.batch, p.num_parts) ? p.num_parts - 1 : p.batch, (p.rows * kQ + 7) / 8);
+}
 template <typename Elem, int kQ>
-cudaError_t launch_combine(int batch, int rows, int num_sms, int smem_per_sm, cudaStream_t stream,
-                           const Params& p) {
-  const dim3 grid = combine_grid(batch, rows, kQ);
+cudaError_t launch_combine(int num_sms, int smem_per_sm, cudaStream_t stream, const Params& p) {
+  const dim3 grid = combine_grid(p, kQ);
   const size_t smem = combine_spread_smem(static_cast<int>(grid.x * grid.y), num_sms, smem_per_sm);
   if (p.out_fp32) return launch_pdl(combine_kernel<Elem, kQ, float>, grid, dim3(256), smem, stream, p);
   return launch_pdl(combine_kernel<Elem, kQ, uint16_t>, grid, dim3(256), smem, stream, p);
@@ -334,11 +335,11 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
   // when 4 would not fit the SMs in one wave of 4 CTAs each (its 64 registers a thread; run 52:
   // b 16 h_q 128 ran 1024 CTAs of the combine in two waves, 9 us).
   const int per_sm = facts.smem_per_sm;
-  if (w.num_parts < 4 * s.batch) return launch_combine<Elem, 1>(s.batch, rows, s.num_sms, per_sm, stream, p);
-  const dim3 g4 = combine_grid(s.batch, rows, 4);
+  if (w.num_parts < 4 * s.batch) return launch_combine<Elem, 1>(s.num_sms, per_sm, stream, p);
+  const dim3 g4 = combine_grid(p, 4);
   const long long ctas4 = static_cast<long long>(g4.x) * g4.y;
-  return ctas4 <= 4LL * std::max(s.num_sms, 1) ? launch_combine<Elem, 4>(s.batch, rows, s.num_sms, per_sm, stream, p)
-                                                : launch_combine<Elem, 2>(s.batch, rows, s.num_sms, per_sm, stream, p);
+  return ctas4 <= 4LL * std::max(s.num_sms, 1) ? launch_combine<Elem, 4>(s.num_sms, per_sm, stream, p)
+                                                : launch_combine<Elem, 2>(s.num_sms, per_sm, stream, p);
 }
 
 }  // namespace

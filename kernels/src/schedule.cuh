@@ -43,6 +43,7 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
   for (int p = tid; p < num_parts; p += kSchedThreads) {
     s_begin[p] = 0x7fffffff;
     s_end[p] = 0;
+    m.cut_info[p] = make_int4(-1, 0, 0, 0);  // a cut splits no sequence until pass 2 says so
   }
   __syncthreads();
   // pass 1: lengths, blocks, unit starts (those of sequence tid also kept in registers)
@@ -116,11 +117,11 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
   // pass 2: parts touching each sequence, split bases
   for (int base = 0; base < batch; base += kSchedThreads) {
     int i = base + tid;
-    int ns = 0;
+    int ns = 0, pf = 0;
     if (i < batch) {
       int us = base == 0 ? my_us : m.seq_ustart[i];
       int nb = max(base == 0 ? my_nb : m.seq_nblk[i], 1);
-      int pf = us / W;
+      pf = us / W;
       int pl = (us + nb - 1) / W;
       m.seq_first_part[i] = pf;
       ns = pl - pf + 1;
@@ -133,6 +134,7 @@ __global__ void __launch_bounds__(kSchedThreads) schedule_kernel(const int32_t* 
     int excl, agg;
     Scan(tmp).ExclusiveSum(ns, excl, agg);
     if (i < batch) m.seq_split_base[i] = s_carry + excl;
+    if (i < batch && ns > 1) m.cut_info[pf] = make_int4(i, ns, s_carry + excl, 0);
     __syncthreads();
     if (tid == 0) s_carry += agg;
     __syncthreads();
