@@ -299,6 +299,15 @@ TEST(GpuDecode, Batch1100Heads128) {
   SKIP_WITHOUT_SM90();
   run_case({1100, 1, 128, 64, 100, true, 0.05});
 }
+// More sequences than parts: the combine's CTAs go by the cuts between parts (combine_by_cut),
+// here one sequence over ~8 parts among 299 short ones (zero lengths too), some split once.
+TEST(GpuDecode, ManyShortOneLongCombineByCut) {
+  SKIP_WITHOUT_SM90();
+  Case c{300, 1, 128, 64, 0};
+  for (int k = 0; k < c.batch; ++k) c.lengths.push_back(k % 29 == 0 ? 0 : (k * 37) % 180 + 1);
+  c.lengths[150] = 20000;
+  run_case(c);
+}
 // 128 equal sequences of 1024 tokens at h_q 128: the schedule takes 64 parts of two whole
 // sequences instead of 66 parts that split most of them (schedule.cuh).
 TEST(GpuDecode, UniformBatchWholeSequenceParts) {
