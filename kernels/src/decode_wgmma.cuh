@@ -15,14 +15,15 @@
 
 namespace distmla::kernels::detail {
 
-// v6: Q's rope chunk (dims 512-575) of rows r0 and r0 + 8 as wgmma A fragments, from the Q tile's
-// chunk 8 in smem (which then serves as warpgroup 0's S exchange slot): k-step kk, registers
-// {row, col}, {row + 8, col}, {row, col + 8}, {row + 8, col + 8} with col = 16 kk + cq.
-__device__ __forceinline__ void q_rope_from_smem(uint32_t (&qr)[4][4], const uint8_t* chunk8, int r0, int cq) {
+// v6: a 64-dim chunk of Q (warpgroup 0: chunk 0; warpgroup 1: the rope chunk 8, which then
+// serves as warpgroup 0's S exchange slot) of rows r0 and r0 + 8 as wgmma A fragments, from the Q
+// tile in smem: k-step kk, registers {row, col}, {row + 8, col}, {row, col + 8}, {row + 8, col + 8}
+// with col = 16 kk + cq. A product with A from registers reads half the smem bytes (run 77).
+__device__ __forceinline__ void q_chunk_from_smem(uint32_t (&qr)[4][4], const uint8_t* chunk, int r0, int cq) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = r0 + 8 * h;
-    const uint8_t* row = chunk8 + r * 128 + cq * 2;
+    const uint8_t* row = chunk + r * 128 + cq * 2;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       qr[kk][h] = *reinterpret_cast<const uint32_t*>(row + (((2 * kk) ^ (r & 7)) * 16));
@@ -34,13 +35,14 @@ __device__ __forceinline__ void q_rope_from_smem(uint32_t (&qr)[4][4], const uin
 // acc (+)= Q K^T over k-steps [G0, G1) of 16 dims, both operands from smem (m64n64; dQ, dK: the
 // Q tile's and the stage's descriptors, K-major); the first step overwrites acc. Each KV chunk's
 // first product waits for the chunk's barrier (full + 8 c).
-template <typename Elem, int G0, int G1>
+template <typename Elem, int G0, int G1, bool kAccumulate = false>
 __device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t dQ, uint32_t dK, uint32_t full, uint32_t par) {
 #pragma unroll
   for (int g = G0; g < G1; ++g) {
     const int c = g / 4, kk = g % 4;
     if (g == G0 || kk == 0) mbar_wait(full + 8 * c, par);
-    ElemTraits<Elem>::qk64(acc, desc_at(dQ, c * kChunkBytes + kk * 32), desc_at(dK, c * kChunkBytes + kk * 32), g > G0);
+    ElemTraits<Elem>::qk64(acc, desc_at(dQ, c * kChunkBytes + kk * 32), desc_at(dK, c * kChunkBytes + kk * 32),
+                           kAccumulate || g > G0);
   }
 }
 
@@ -61,12 +63,16 @@ template <typename Elem>
 __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4][4], uint32_t dQ, uint32_t dK,
                                           uint32_t full, uint32_t par, uint8_t* x_q, uint8_t* x_kv, int wg, int t) {
   float acc[32];  // the first product of each branch overwrites it (scale-d 0)
-  // 18 k-steps each: warpgroup 0 chunks 0-3 and half of 4; warpgroup 1 the other half of 4,
-  // chunks 5-7 from smem, then the rope chunk with A from registers. Each branch waits for its
-  // own products (a branch join with groups in flight serialises every wgmma: ptxas C7520).
+  // 18 k-steps each: warpgroup 0 chunk 0 with A from registers (qr), then chunks 1-3 and half of
+  // 4; warpgroup 1 the other half of 4, chunks 5-7, then the rope chunk with A from registers.
+  // Each branch waits for its own products (a branch join with groups in flight serialises every
+  // wgmma: ptxas C7520).
   if (wg == 0) {
     wgmma_fence();
-    qk64_steps<Elem, 0, 18>(acc, dQ, dK, full, par);
+    mbar_wait(full, par);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) ElemTraits<Elem>::qk64_rs(acc, qr[kk], desc_at(dK, kk * 32), kk > 0);
+    qk64_steps<Elem, 4, 18, true>(acc, dQ, dK, full, par);
     wgmma_commit();
     wgmma_wait0();
   } else {
@@ -150,8 +156,8 @@ constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one activ
 
 // kDSplit (v6) changes Q K^T only: it is split by the 576 dims instead of the tokens, so that
 // each warpgroup issues m64n64 products (v3's m64n32 read 1.5x the smem bytes per FLOP).
-// Warpgroup 0 takes dims 0-287, warpgroup 1 dims 288-575, whose last 64 (the rope chunk) come
-// from Q held in warpgroup 1's registers. Each writes the partial S of the other's 32 tokens to
+// Warpgroup 0 takes dims 0-287, warpgroup 1 dims 288-575; each holds one 64-dim chunk of Q in
+// registers (warpgroup 0 its first, warpgroup 1 the rope chunk). Each writes the partial S of the other's 32 tokens to
 // smem (float4 per thread and token group: conflict-free) and adds the other's after a barrier;
 // from there on it is v3. The exchange needs 16 KB that the smem plan does not have, so it
 // reuses what this split frees: Q's rope chunk in smem (warpgroup 0 writes there) and the
@@ -267,7 +273,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     mbar_wait(q_full, nseq & 1);
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqQReady);
     uint32_t qr[4][4];
-    if (kDSplit && wg == 1) q_rope_from_smem(qr, gQ + 8 * kChunkBytes, r0, cq);
+    if (kDSplit) q_chunk_from_smem(qr, gQ + (wg == 0 ? 0 : 8) * kChunkBytes, r0, cq);
     // Before any write of this sequence: the previous one's reads of sP / sSum are complete, and
     // (v6) chunk 8 is read before warpgroup 0's first exchange store into it.
     consumer_sync();

@@ -199,8 +199,8 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ void qk64(float (&d)[32], uint64_t da, uint64_t db, int sd) {
     detail::wgmma_m64n64k16_ss_bf16(d, da, db, sd);
   }
-  static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
-    detail::wgmma_m64n64k16_rs_bf16(d, a, db, 1);
+  static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db, int sd = 1) {
+    detail::wgmma_m64n64k16_rs_bf16(d, a, db, sd);
   }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_bf16_tb(d, da, db, 1);
@@ -222,8 +222,8 @@ struct ElemTraits<__half> {
   static __device__ __forceinline__ void qk64(float (&d)[32], uint64_t da, uint64_t db, int sd) {
     detail::wgmma_m64n64k16_ss_f16(d, da, db, sd);
   }
-  static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
-    detail::wgmma_m64n64k16_rs_f16(d, a, db, 1);
+  static __device__ __forceinline__ void qk64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db, int sd = 1) {
+    detail::wgmma_m64n64k16_rs_f16(d, a, db, sd);
   }
   static __device__ __forceinline__ void pv_ss(float (&d)[128], uint64_t da, uint64_t db) {
     detail::wgmma_m64n256k16_ss_f16_tb(d, da, db, 1);
