@@ -33,8 +33,9 @@ __device__ __forceinline__ void q_chunk_from_smem(uint32_t (&qr)[4][4], const ui
 }
 
 // acc (+)= Q K^T over k-steps [G0, G1) of 16 dims, both operands from smem (m64n64; dQ, dK: the
-// Q tile's and the stage's descriptors, K-major); the first step overwrites acc. Each KV chunk's
-// first product waits for the chunk's barrier (full + 8 c).
+// Q tile's and the stage's descriptors, K-major); the first step overwrites acc unless kAccumulate
+// (products before it have started the sum). Each KV chunk's first product waits for the chunk's
+// barrier (full + 8 c).
 template <typename Elem, int G0, int G1, bool kAccumulate = false>
 __device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t dQ, uint32_t dK, uint32_t full, uint32_t par) {
 #pragma unroll
@@ -157,11 +158,12 @@ constexpr int kThreadsV3 = kThreads + 128;  // + a producer warpgroup (one activ
 // kDSplit (v6) changes Q K^T only: it is split by the 576 dims instead of the tokens, so that
 // each warpgroup issues m64n64 products (v3's m64n32 read 1.5x the smem bytes per FLOP).
 // Warpgroup 0 takes dims 0-287, warpgroup 1 dims 288-575; each holds one 64-dim chunk of Q in
-// registers (warpgroup 0 its first, warpgroup 1 the rope chunk). Each writes the partial S of the other's 32 tokens to
-// smem (float4 per thread and token group: conflict-free) and adds the other's after a barrier;
-// from there on it is v3. The exchange needs 16 KB that the smem plan does not have, so it
-// reuses what this split frees: Q's rope chunk in smem (warpgroup 0 writes there) and the
-// stage's rope chunk, which only warpgroup 1's products read (warpgroup 1 writes there).
+// registers (warpgroup 0 its first, warpgroup 1 the rope chunk). Each writes the partial S of the
+// other's 32 tokens to smem (float4 per thread and token group: conflict-free) and adds the
+// other's after a barrier; from there on it is v3. The exchange needs 16 KB that the smem plan
+// does not have, so it reuses what this split frees: Q's rope chunk in smem (warpgroup 0 writes
+// there) and the stage's rope chunk, which only warpgroup 1's products read (warpgroup 1 writes
+// there).
 template <typename Elem, bool kDSplit>
 __global__ void __launch_bounds__(kThreadsV3, 1)
     decode_wgmma3_kernel(const __grid_constant__ CUtensorMap kv_map, const __grid_constant__ CUtensorMap q_map,
