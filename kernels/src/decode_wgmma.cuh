@@ -47,6 +47,18 @@ __device__ __forceinline__ void qk64_steps(float (&acc)[32], uint32_t dQ, uint32
   }
 }
 
+// acc (+)= Q K^T over Q's chunk c (4 k-steps) with A from registers (qr: q_chunk_from_smem) and B
+// the stage's chunk c, once the chunk's barrier says it has landed; the first step overwrites acc
+// unless kAccumulate.
+template <typename Elem, int c, bool kAccumulate>
+__device__ __forceinline__ void qk64_chunk_rs(float (&acc)[32], const uint32_t (&qr)[4][4], uint32_t dK, uint32_t full,
+                                              uint32_t par) {
+  mbar_wait(full + 8 * c, par);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    ElemTraits<Elem>::qk64_rs(acc, qr[kk], desc_at(dK, c * kChunkBytes + kk * 32), kAccumulate || kk > 0);
+}
+
 // v6's S exchange: a warpgroup's partial S of the other's 32 tokens (acc[kFrom ..], a float4 per
 // thread and token group: conflict-free) out to smem.
 template <int kFrom>
@@ -70,20 +82,14 @@ __device__ __forceinline__ void qk_dsplit(float (&s)[16], const uint32_t (&qr)[4
   // wgmma: ptxas C7520).
   if (wg == 0) {
     wgmma_fence();
-    mbar_wait(full, par);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) ElemTraits<Elem>::qk64_rs(acc, qr[kk], desc_at(dK, kk * 32), kk > 0);
+    qk64_chunk_rs<Elem, 0, false>(acc, qr, dK, full, par);
     qk64_steps<Elem, 4, 18, true>(acc, dQ, dK, full, par);
     wgmma_commit();
     wgmma_wait0();
   } else {
     wgmma_fence();
     qk64_steps<Elem, 18, 32>(acc, dQ, dK, full, par);
-    mbar_wait(full + 8 * 8, par);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      ElemTraits<Elem>::qk64_rs(acc, qr[kk], desc_at(dK, 8 * kChunkBytes + kk * 32));
-    }
+    qk64_chunk_rs<Elem, 8, true>(acc, qr, dK, full, par);
     wgmma_commit();
     wgmma_wait0();
   }
