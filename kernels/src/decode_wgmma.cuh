@@ -8,6 +8,7 @@
 
 #include "decode_epilogue.cuh"
 #include "decode_layout.cuh"
+#include "decode_merge.cuh"
 #include "decode_producers.cuh"
 #include "decode_trace.cuh"
 #include "ptx.cuh"
@@ -490,6 +491,18 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     DMLA_TRACE(tr, kTrSeq + 8 * nseq + kSeqEnd);
     DMLA_TRACE_MAX(lane == 0 && nseq < 8, kTrSeq + 8 * nseq + kSeqLastWarp);
     ++nseq;
+  }
+  // The part's last sequence, if it is a split sequence whose piece ends the part: merge this
+  // CTA's share of its rows. The Q tile, the stage without the staged O tile and the P tile are
+  // free now; q_full, armed once a sequence so far, takes the merge's copies. (Its schedule
+  // entries are read again here rather than carried through the block loop's registers.)
+  if (kDSplit && p.merge_splits) {
+    const int i = seq_end - 1, ns = m.seq_nsplit[i], k = part - m.seq_first_part[i];
+    if (merges_split(p, ns, k)) {
+      const int other = consumed % kStages;
+      merge_split_rows<Elem>(p, i, tile, ns, m.seq_split_base[i], k, gQ, gKV0 + other * kTileBytes, sQ,
+                             sKV0 + other * kTileBytes, q_full, nseq & 1, reinterpret_cast<float*>(gP), tid);
+    }
   }
   DMLA_TRACE(tid == 0, kTrExit);
   DMLA_TRACE_NS(tid == 0, kTrExitNs);

@@ -1,0 +1,169 @@
+#pragma once
+// Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
+// The merge of a split sequence's partials inside the decode kernel (dsplit, 16-bit out; opt-in,
+// DISTMLA_MERGE_IN_DECODE=1, see merge_in_decode() in decode_sm90.cu), which spares the step the
+// combine kernel and its kernel boundary (run 82: 1.5 us a call at h_q 128 even when nothing is
+// split).
+#include <cmath>
+
+#include "decode_layout.cuh"
+#include "globaltimer.cuh"
+#include "ptx.cuh"
+#include "schedule.cuh"
+
+namespace distmla::kernels::detail {
+
+// The trap of a deadline that should never expire, out of line: inlined, the trap made ptxas
+// spill 3 KB of the consumers' registers.
+static __device__ __noinline__ void merge_deadline_trap() { __trap(); }
+
+// A sequence split over ns parts pf .. pf + ns - 1 has one piece a part; every piece but the last
+// ends its part (the last starts part pf + ns - 1 and ends early), so the CTAs of parts
+// pf .. pf + ns - 2 finish together at the end of the kernel. Those merge: once all ns partials of
+// their row tile are counted (Meta::split_ready), participant k = part - pf writes rows
+// [64 k / (ns - 1), 64 (k + 1) / (ns - 1)) of the tile to out / lse.
+__device__ __forceinline__ bool merges_split(const Params& p, int ns, int k) {
+  return p.merge_splits && ns > 1 && k < ns - 1;
+}
+
+// The merge buffers: the Q tile and the KV stage that holds no staged O tile are free once the
+// part's last sequence is done (no further Q, no further block); kMergeRows rows of 1 KB.
+constexpr int kMergeRows = 2 * kTileBytes / (kDV * 2);  // 144
+// The host merges in the decode only when num_parts (an upper bound of ns) keeps a participant's
+// ns * ceil(64 / (ns - 1)) rows within kMergeRows (decode_sm90.cu).
+__host__ __device__ constexpr bool merge_fits(int num_parts) { return num_parts <= kMergeRows; }
+
+// The consumers (256 threads, tid) of a participant (see above) after their last sequence i's
+// staged epilogue: wait for the ns partials of row tile `tile`, load the participant's rows of
+// each into smem (bulk copies on mbarrier `bar`, phase `parity`), then per row the log-sum-exp
+// weights (DESIGN.md section 3) and the merged row to out / lse. sW: 2 * kMergeRows floats of smem
+// (the lse, then the weights, of each loaded row).
+template <typename Elem>
+__device__ __forceinline__ void merge_split_rows(const Params& p, int i, int tile, int ns, int split_base, int k,
+                                                 uint8_t* buf0, uint8_t* buf1, uint32_t sbuf0, uint32_t sbuf1,
+                                                 uint32_t bar, uint32_t parity, float* sW, int tid) {
+  const Meta& m = p.meta;
+  const int word = split_count_word(i, gridDim.y, tile);
+  // 1. All ns partials written (each piece's store warp counts its partials once they are).
+  if (tid == 0) {
+    const unsigned long long deadline = globaltimer_ns() + 10000000000ull;
+    while (ld_acquire_gpu(m.split_ready + word) < ns) {
+      __nanosleep(128);
+      if (globaltimer_ns() > deadline) merge_deadline_trap();
+    }
+    // the last participant past this wait resets both counts for the next call
+    if (atomicAdd(m.combine_done + word, 1) == ns - 2) {
+      m.split_ready[word] = 0;
+      m.combine_done[word] = 0;
+    }
+  }
+  consumer_sync();
+  // 2. This participant's share of the tile's valid rows.
+  const int valid = min(kBlockM, p.rows - tile * kBlockM);
+  const int r_lo = valid * k / (ns - 1), nr = valid * (k + 1) / (ns - 1) - r_lo;  // rows merged here
+  if (nr == 0) return;
+  // Loaded row x = s * nr + j (split s, row r_lo + j) goes to buffer row x (buf0, then buf1).
+  const int loads = ns * nr;
+  const size_t row0 = static_cast<size_t>(tile) * kBlockM + r_lo;
+  const uint16_t* part_o = static_cast<const uint16_t*>(m.part_o);
+  if (tid < 32) {
+    if (tid == 0) mbar_arrive_expect_tx(bar, static_cast<uint32_t>(loads * kDV * 2));
+    fence_proxy_async_global();  // the acquire above, before the async proxy reads the partials
+    __syncwarp();
+#pragma unroll 1
+    for (int x = tid; x < loads; x += 32) {
+      const int s = x / nr, j = x % nr;
+      const uint32_t dst = x < kMergeRows / 2 ? sbuf0 + x * kDV * 2 : sbuf1 + (x - kMergeRows / 2) * kDV * 2;
+      bulk_load(dst, part_o + ((static_cast<size_t>(split_base) + s) * p.rows + row0 + j) * kDV, kDV * 2, bar);
+    }
+  }
+  // the lse of every loaded row, while the copies fly
+#pragma unroll 1
+  for (int x = tid; x < loads; x += kThreads) {
+    const int s = x / nr, j = x % nr;
+    sW[x] = __ldcg(m.part_lse + (static_cast<size_t>(split_base) + s) * p.rows + row0 + j);
+  }
+  consumer_sync();
+  // 3. Weights of each row's splits (normalised) and its lse, written to lse: a thread a row for
+  // a few splits, a warp a row (lanes over the splits) for more.
+  // (The loops stay rolled where they may: this code runs once a kernel, and its size costs the
+  // block loop; run 80a.)
+  constexpr int kFew = 8;
+  if (ns <= kFew) {
+#pragma unroll 1
+    for (int j = tid; j < nr; j += kThreads) {
+      float mx = -INFINITY;
+#pragma unroll 1
+      for (int s = 0; s < ns; ++s) mx = fmaxf(mx, sW[s * nr + j]);
+      float sum = 0.f;
+      if (mx != -INFINITY)
+#pragma unroll 1
+        for (int s = 0; s < ns; ++s) sum += __expf(sW[s * nr + j] - mx);
+      const bool empty = mx == -INFINITY || !(sum > 0.f);
+      const float inv = empty ? 0.f : 1.f / sum;
+#pragma unroll 1
+      for (int s = 0; s < ns; ++s) {
+        const float l = sW[s * nr + j];
+        sW[kMergeRows + s * nr + j] = empty || l == -INFINITY ? 0.f : __expf(l - mx) * inv;
+      }
+      p.lse[out_row(p, i, static_cast<int>(row0) + j).lse] = empty ? -INFINITY : mx + __logf(sum);
+    }
+  } else {
+    const int warp = tid / 32, lane = tid % 32;
+#pragma unroll 1
+    for (int j = warp; j < nr; j += kThreads / 32) {
+      float mx = -INFINITY;
+#pragma unroll 1
+      for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, sW[s * nr + j]);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      float sum = 0.f;
+      if (mx != -INFINITY)
+#pragma unroll 1
+        for (int s = lane; s < ns; s += 32) sum += __expf(sW[s * nr + j] - mx);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      const bool empty = mx == -INFINITY || !(sum > 0.f);
+      const float inv = empty ? 0.f : 1.f / sum;
+#pragma unroll 1
+      for (int s = lane; s < ns; s += 32) {
+        const float l = sW[s * nr + j];
+        sW[kMergeRows + s * nr + j] = empty || l == -INFINITY ? 0.f : __expf(l - mx) * inv;
+      }
+      if (lane == 0) p.lse[out_row(p, i, static_cast<int>(row0) + j).lse] = empty ? -INFINITY : mx + __logf(sum);
+    }
+  }
+  consumer_sync();
+  mbar_wait(bar, parity);
+  // 4. The rows: 64 groups of 8 values a row, a thread a group, weights from smem; four splits'
+  // loads in flight at a time (a weight of zero selects 0: its values may be NaN).
+  using T = ElemTraits<Elem>;
+#pragma unroll 1
+  for (int x = tid; x < nr * (kDV / 8); x += kThreads) {
+    const int j = x / (kDV / 8), g = x % (kDV / 8);
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+    for (int s = 0; s < ns; ++s) {
+      const float w = sW[kMergeRows + s * nr + j];
+      const int xr = s * nr + j;
+      const uint8_t* row = xr < kMergeRows / 2 ? buf0 + xr * kDV * 2 : buf1 + (xr - kMergeRows / 2) * kDV * 2;
+      const uint4 v = *reinterpret_cast<const uint4*>(row + g * 16);
+      const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float a = T::to_float(u[q] & 0xFFFFu), b = T::to_float(u[q] >> 16);
+        acc[2 * q] += w > 0.f ? w * a : 0.f;
+        acc[2 * q + 1] += w > 0.f ? w * b : 0.f;
+      }
+    }
+    uint4 o;
+    o.x = T::pack(acc[0], acc[1]);
+    o.y = T::pack(acc[2], acc[3]);
+    o.z = T::pack(acc[4], acc[5]);
+    o.w = T::pack(acc[6], acc[7]);
+    const SliceRowOffsets d = out_row(p, i, static_cast<int>(row0) + j);
+    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(p.out) + d.o + g * 8) = o;
+  }
+}
+
+}  // namespace distmla::kernels::detail
