@@ -32,12 +32,19 @@ constexpr int kMergeRows = 2 * kTileBytes / (kDV * 2);  // 144
 // The host merges in the decode only when num_parts (an upper bound of ns) keeps a participant's
 // ns * ceil(64 / (ns - 1)) rows within kMergeRows (decode_sm90.cu).
 __host__ __device__ constexpr bool merge_fits(int num_parts) { return num_parts <= kMergeRows; }
+constexpr bool merge_rows_fit() {
+  for (int ns = 2; ns <= kMergeRows; ++ns)
+    if (ns * ((kBlockM + ns - 2) / (ns - 1)) > kMergeRows) return false;
+  return true;
+}
+static_assert(merge_rows_fit(), "every participant's rows of every split fit the two merge buffers");
 
 // The consumers (256 threads, tid) of a participant (see above) after their last sequence i's
 // staged epilogue: wait for the ns partials of row tile `tile`, load the participant's rows of
 // each into smem (bulk copies on mbarrier `bar`, phase `parity`), then per row the log-sum-exp
 // weights (DESIGN.md section 3) and the merged row to out / lse. sW: 2 * kMergeRows floats of smem
 // (the lse, then the weights, of each loaded row).
+static_assert(2 * kMergeRows * sizeof(float) <= kBlockM * kBlockN * 2, "sW fits the P tile");
 template <typename Elem>
 __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int tile, int ns, int split_base, int k,
                                                  uint8_t* buf0, uint8_t* buf1, uint32_t sbuf0, uint32_t sbuf1,
