@@ -143,10 +143,11 @@ struct Params {
   // written, and the combine waits for those counts instead of the whole decode grid (the wgmma
   // kernels; the simple one does not count).
   int count_splits;
+#if DISTMLA_MERGE_IN_DECODE
   // 1: the CTAs whose piece of a split sequence ends their part merge its partials themselves
-  // (decode_merge.cuh) and no combine kernel runs (dsplit with 16-bit out, opt-in:
-  // merge_in_decode() in decode_sm90.cu).
+  // (decode_merge.cuh) and no combine kernel runs (dsplit with 16-bit out; a build option).
   int merge_splits;
+#endif
   // Output head slices (kernels::OutSlices; one slice of h_q heads is the plain layout).
   int num_slices, max_slice, slice_base, slice_rem;  // base = h_q / num_slices, rem = h_q % num_slices
   size_t out_slice_stride, lse_slice_stride;        // elements

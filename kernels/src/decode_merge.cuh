@@ -1,9 +1,12 @@
 #pragma once
 // Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
-// The merge of a split sequence's partials inside the decode kernel (dsplit, 16-bit out; opt-in,
-// DISTMLA_MERGE_IN_DECODE=1, see merge_in_decode() in decode_sm90.cu), which spares the step the
-// combine kernel and its kernel boundary (run 82: 1.5 us a call at h_q 128 even when nothing is
-// split).
+// The merge of a split sequence's partials inside the decode kernel (dsplit, 16-bit out), which
+// spares the step the combine kernel and its kernel boundary (run 82: 1.5 us a call at h_q 128
+// even when nothing is split). Compiled in only with -DDISTMLA_MERGE_IN_DECODE=ON: run 86
+// measured it 1.9 us faster where nothing is split but 0.5-6% slower where sequences are split
+// in two (the merge of all 64 rows then runs on one CTA, after its own partial went out), and a
+// build option keeps the default kernel byte for byte the measured one. What should make it the
+// default is in docs/PERFORMANCE.md, run 86.
 #include <cmath>
 
 #include "decode_layout.cuh"

@@ -8,9 +8,9 @@
 //     CTA (persistent, 1 per SM) gets the same amount of work whatever the length mix; the
 //     schedule uses a few parts less when that lets every cut fall between sequences;
 //   * a sequence cut over several parts is a split: its CTAs write partials (o in the out type,
-//     lse fp32) into the workspace and the combine kernel merges them (or, opt-in with dsplit and
-//     16-bit out, the decode CTAs whose piece ends their part: decode_merge.cuh,
-//     merge_in_decode()); a sequence done by one CTA is written directly to out/lse.
+//     lse fp32) into the workspace and the combine kernel merges them (or, in a build with
+//     -DDISTMLA_MERGE_IN_DECODE=ON and with dsplit and 16-bit out, the decode CTAs whose piece
+//     ends their part: decode_merge.cuh); a sequence done by one CTA is written directly to out/lse.
 // The schedule is computed on the GPU from the device seqlens (schedule kernel), so a step
 // needs no host sync and can be captured in a CUDA graph.
 // Decode kernels (DISTMLA_DECODE_KERNEL selects; docs/PERFORMANCE.md has the measurements):
@@ -27,8 +27,8 @@
 // globaltimer.cuh, shared with the cross-GPU kernels), schedule.cuh,
 // decode_wgmma.cuh (v6 / v3: Q K^T and the kernel), decode_producers.cuh (the TMA producer warps),
 // decode_epilogue.cuh (out from registers or staged through smem and the store warp),
-// decode_merge.cuh (split sequences merged in the decode), decode_simple.cuh, combine.cuh; this
-// file holds the host side.
+// decode_merge.cuh (split sequences merged in the decode; a build option), decode_simple.cuh,
+// combine.cuh; this file holds the host side.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -234,20 +234,6 @@ bool use_kv_multicast(const DeviceFacts& facts, dim3 grid) {
   return on && grid.y % 2 == 0 && static_cast<long long>(facts.pair_clusters) * 2 >= 1LL * grid.x * grid.y;
 }
 
-// DISTMLA_MERGE_IN_DECODE=1: with dsplit and 16-bit out, split sequences are merged by the
-// decode CTAs whose piece ends their part (decode_merge.cuh) and no combine kernel is launched.
-// Off by default: run 86 measured it 1.9 us faster where nothing is split (b 128 S 1024 h_q 128,
-// the combine's kernel boundary) but 0.5-6% slower on rows with split sequences, whose merge
-// then runs on one CTA a share instead of the combine's many; the next step (each first part's
-// CTA merging from its registers when a sequence has two pieces) is in docs/PERFORMANCE.md.
-bool merge_in_decode() {
-  static const bool on = [] {
-    const char* e = std::getenv("DISTMLA_MERGE_IN_DECODE");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  return on;
-}
-
 // The split combine with kQ warps a row: grid (batch or num_parts - 1 (combine_by_cut),
 // ceil(rows * kQ / 8)) of 8-warp CTAs; the partials are fp32 for fp32 out, else 16-bit (Meta::part_o).
 dim3 combine_grid(const Params& p, int kQ) {
@@ -339,14 +325,19 @@ cudaError_t run_decode(const DecodeShape& s, const DecodeTensors& t, const WsLay
     if (cr != CUDA_SUCCESS) return cudaErrorInvalidValue;
     auto kernel = kind == KernelKind::kTSplit ? decode_wgmma3_kernel<Elem, false> : decode_wgmma3_kernel<Elem, true>;
     p.kv_multicast = use_kv_multicast(facts, grid) ? 1 : 0;
-    p.merge_splits = merge_in_decode() && kind == KernelKind::kDSplit && !p.out_fp32 && merge_fits(w.num_parts) ? 1 : 0;
+#if DISTMLA_MERGE_IN_DECODE
+    p.merge_splits = kind == KernelKind::kDSplit && !p.out_fp32 && merge_fits(w.num_parts) ? 1 : 0;
+#endif
     err = launch_pdl_clusters(kernel, grid, dim3(kThreadsV3), static_cast<size_t>(kSmemBytes), stream,
                               p.kv_multicast ? 2 : 1, map, q_map, p);
 #if DISTMLA_DECODE_TRACE
     if (err == cudaSuccess) trace_after_launch(stream);
 #endif
   }
-  if (err != cudaSuccess || p.merge_splits) return err;
+  if (err != cudaSuccess) return err;
+#if DISTMLA_MERGE_IN_DECODE
+  if (p.merge_splits) return cudaSuccess;  // merged in the decode: no combine
+#endif
   // About num_parts / batch splits a sequence: with 4 or more, 4 warps a row (docs/PERFORMANCE.md,
   // run 23: one sequence over 66 parts 8% faster; many short splits are faster with 1), or 2
   // when 4 would not fit the SMs in one wave of 4 CTAs each (its 64 registers a thread; run 52:

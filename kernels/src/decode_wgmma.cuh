@@ -8,7 +8,9 @@
 
 #include "decode_epilogue.cuh"
 #include "decode_layout.cuh"
+#if DISTMLA_MERGE_IN_DECODE
 #include "decode_merge.cuh"
+#endif
 #include "decode_producers.cuh"
 #include "decode_trace.cuh"
 #include "ptx.cuh"
@@ -492,10 +494,11 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     DMLA_TRACE_MAX(lane == 0 && nseq < 8, kTrSeq + 8 * nseq + kSeqLastWarp);
     ++nseq;
   }
-  // The part's last sequence, if it is a split sequence whose piece ends the part: merge this
-  // CTA's share of its rows. The Q tile, the stage without the staged O tile and the P tile are
+  // (Build option DISTMLA_MERGE_IN_DECODE) The part's last sequence, if it is a split sequence
+  // whose piece ends the part: merge this CTA's share of its rows. The Q tile, the stage without the staged O tile and the P tile are
   // free now; q_full, armed once a sequence so far, takes the merge's copies. (Its schedule
   // entries are read again here rather than carried through the block loop's registers.)
+#if DISTMLA_MERGE_IN_DECODE
   if (kDSplit && p.merge_splits) {
     const int i = seq_end - 1, ns = m.seq_nsplit[i], k = part - m.seq_first_part[i];
     if (merges_split(p, ns, k)) {
@@ -504,6 +507,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
                              sKV0 + other * kTileBytes, q_full, nseq & 1, reinterpret_cast<float*>(gP), tid);
     }
   }
+#endif
   DMLA_TRACE(tid == 0, kTrExit);
   DMLA_TRACE_NS(tid == 0, kTrExitNs);
   DMLA_TRACE_VALUE(tid == 0, kTrSeqs, nseq);
