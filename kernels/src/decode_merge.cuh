@@ -24,7 +24,7 @@ static __device__ __noinline__ void merge_deadline_trap() { __trap(); }
 // ends its part (the last starts part pf + ns - 1 and ends early), so the CTAs of parts
 // pf .. pf + ns - 2 finish together at the end of the kernel. Those merge: once all ns partials of
 // their row tile are counted (Meta::split_ready), participant k = part - pf writes rows
-// [64 k / (ns - 1), 64 (k + 1) / (ns - 1)) of the tile to out / lse.
+// [v k / (ns - 1), v (k + 1) / (ns - 1)) of the tile's v valid rows to out / lse.
 __device__ __forceinline__ bool merges_split(const Params& p, int ns, int k) {
   return p.merge_splits && ns > 1 && k < ns - 1;
 }
