@@ -54,7 +54,9 @@ __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int til
                                                  uint32_t bar, uint32_t parity, float* sW, int tid) {
   const Meta& m = p.meta;
   const int word = split_count_word(i, gridDim.y, tile);
-  // 1. All ns partials written (each piece's store warp counts its partials once they are).
+  // 1. All ns partials written (each piece's store warp counts its partials once they are). (The
+  // wait is combine.cuh's wait_for_splits with ns - 1 arrivals and the trap out of line; they
+  // become one helper when this merge becomes the default and the combine is measured again.)
   if (tid == 0) {
     const unsigned long long deadline = globaltimer_ns() + 10000000000ull;
     while (ld_acquire_gpu(m.split_ready + word) < ns) {
