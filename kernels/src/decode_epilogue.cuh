@@ -53,10 +53,16 @@ __device__ __forceinline__ bool staged_epilogue(const Params& p, int a, int e) {
 constexpr int kORowBytes = kDV * 2 + 16;
 constexpr int kOFullArrivals = 4 * 8 + 4;  // stage_rows_16bit's arrivals on o_full
 static_assert(kBlockM * kORowBytes <= kTileBytes, "the staged O tile must fit a KV stage");
-template <typename Elem>
+// kMerge (a two-piece sequence merged in the decode, decode_merge.cuh), when s_other is set: each
+// value is o inv plus the other piece's value times wb[h], its rows at s_other in the staged
+// layout (ldmatrix, the stmatrix in reverse). (Branched a 16-byte group: the same in a second
+// rolled pass over the staged values, or in a branch around the whole loop, made ptxas spill;
+// run 87.)
+template <typename Elem, bool kMerge = false>
 __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&o)[128], const float (&inv)[2],
                                                  const float (&lse_r)[2], int tile, int r0, int wg, int warp_in_wg,
-                                                 int lane, uint32_t s_stage, uint32_t o_full_bar) {
+                                                 int lane, uint32_t s_stage, uint32_t o_full_bar,
+                                                 uint32_t s_other = 0, const float (&wb)[2] = {0.f, 0.f}) {
   // stmatrix v covers groups j = 2v, 2v + 1: matrix k is (group 2v + k / 2, row half k % 2), and
   // this lane gives row lane % 8 of matrix lane / 8. A warp with no valid row skips it.
   if (tile * kBlockM + warp_in_wg * 16 < p.rows) {
@@ -70,6 +76,17 @@ __device__ __forceinline__ void stage_rows_16bit(const Params& p, const float (&
       for (int k = 0; k < 4; ++k) {
         const int j = 2 * v + k / 2, h = k % 2;
         w[k] = ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+      }
+      if (kMerge && s_other != 0) {
+        using T = ElemTraits<Elem>;
+        uint32_t x[4];
+        ldmatrix_x4(row_addr - s_stage + s_other + v * 32, x);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int j = 2 * v + k / 2, h = k % 2;
+          w[k] = T::pack(fmaf(T::to_float(x[k] & 0xFFFFu), wb[h], o[4 * j + 2 * h] * inv[h]),
+                         fmaf(T::to_float(x[k] >> 16), wb[h], o[4 * j + 2 * h + 1] * inv[h]));
+        }
       }
       stmatrix_x4(row_addr + v * 32, w[0], w[1], w[2], w[3]);
     }
@@ -109,7 +126,12 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     part_block_range(m, W, part, i, a, e);
     blocks += e - a;
     if (!staged_epilogue<kDSplit>(p, a, e)) continue;
+#if DISTMLA_MERGE_IN_DECODE
+    // (a two-piece sequence merged in this part's registers goes straight to out)
+    const bool direct = m.seq_nsplit[i] <= 1 || merges_in_registers(p, m.seq_nsplit[i], part - m.seq_first_part[i]);
+#else
     const bool direct = m.seq_nsplit[i] <= 1;
+#endif
     const size_t slot = direct ? 0 : part_split_slot(m, i, part);
     const int s = (blocks - 1) % kStages;
     mbar_wait(o_full0 + 8 * s, parity >> s & 1);

@@ -2,13 +2,13 @@
 // Part of the sm_90a decode (included by decode_sm90.cu only; see its header comment).
 // The merge of a split sequence's partials inside the decode kernel (dsplit, 16-bit out), which
 // spares the step the combine kernel and its kernel boundary (run 82: 1.5 us a call at h_q 128
-// even when nothing is split). Compiled in only with -DDISTMLA_MERGE_IN_DECODE=ON: run 86
-// measured it 1.9 us faster where nothing is split but 0.5-6% slower where sequences are split
-// in two (the merge of all 64 rows then runs on one CTA, after its own partial went out), and a
-// build option keeps the default kernel byte for byte the measured one. What should make it the
-// default is in docs/PERFORMANCE.md, run 86.
+// even when nothing is split). Compiled in only with -DDISTMLA_MERGE_IN_DECODE=ON (who merges:
+// merges_in_registers, merges_split in schedule.cuh). Run 86 merged every split by row shares
+// after the kernel's last sequence: 1.9 us faster where nothing is split, 0.5-6% slower where
+// sequences are split in two; run 87 merges a two-piece sequence in registers instead.
 #include <cmath>
 
+#include "decode_epilogue.cuh"
 #include "decode_layout.cuh"
 #include "globaltimer.cuh"
 #include "ptx.cuh"
@@ -20,15 +20,67 @@ namespace distmla::kernels::detail {
 // spill 3 KB of the consumers' registers.
 static __device__ __noinline__ void merge_deadline_trap() { __trap(); }
 
-// A sequence split over ns parts pf .. pf + ns - 1 has one piece a part; every piece but the last
-// ends its part (the last starts part pf + ns - 1 and ends early), so the CTAs of parts
-// pf .. pf + ns - 2 finish together at the end of the kernel. Those merge: once all ns partials of
-// their row tile are counted (Meta::split_ready), participant k = part - pf writes rows
-// [v k / (ns - 1), v (k + 1) / (ns - 1)) of the tile's v valid rows to out / lse.
-__device__ __forceinline__ bool merges_split(const Params& p, int ns, int k) {
-  return p.merge_splits && ns > 1 && k < ns - 1;
+// Waits (this thread) until the word `count` of Meta::split_ready reaches `target`: each piece's
+// store warp counts its partial once it is written. (combine.cuh's wait_for_splits with the trap
+// out of line; they become one helper when the combine is measured again.)
+__device__ __forceinline__ void wait_split_count(const int* count, int target) {
+  const unsigned long long deadline = globaltimer_ns() + 10000000000ull;
+  while (ld_acquire_gpu(count) < target) {
+    __nanosleep(128);
+    if (globaltimer_ns() > deadline) merge_deadline_trap();
+  }
 }
 
+// ---- Two pieces (merges_in_registers) ----
+// The Q producer thread of the first part of two-piece sequence i (its last), once it has loaded
+// that Q tile: once every consumer thread is done with the tile (merge_free) and the other
+// piece's partial (split `slot`) is counted, loads that partial's valid rows of row tile
+// `tile` into the Q tile at the staged-O pitch (bulk copies) and their lse into the rows' padding
+// (cp.async), all on q_full's next phase. The other piece is the first sequence of the next part,
+// so it is usually written long before this part ends. (One thread: spread over the warp, the
+// same copies made ptxas spill the consumers' registers.)
+__device__ __forceinline__ void load_other_piece(const Params& p, int i, int slot, int tile, uint32_t sQ,
+                                                 uint32_t q_full, uint32_t merge_free) {
+  const Meta& m = p.meta;
+  int* count = m.split_ready + split_count_word(i, gridDim.y, tile);
+  mbar_wait(merge_free, 0);  // its only phase
+  wait_split_count(count, 1);
+  *count = 0;  // this thread is its only reader: reset for the next call
+  fence_proxy_async_global();  // the acquire, before the async proxy reads the partial
+  const int valid = min(kBlockM, p.rows - tile * kBlockM);
+  const size_t row0 = static_cast<size_t>(slot) * p.rows + static_cast<size_t>(tile) * kBlockM;
+  for (int r = 0; r < valid; ++r) cp_async_4(sQ + r * kORowBytes + kDV * 2, m.part_lse + row0 + r);
+  cp_async_arrive(q_full);
+  mbar_arrive_expect_tx(q_full, static_cast<uint32_t>(valid * kDV * 2));
+  const uint16_t* part_o = static_cast<const uint16_t*>(m.part_o);
+  for (int r = 0; r < valid; ++r) bulk_load(sQ + r * kORowBytes, part_o + (row0 + r) * kDV, kDV * 2, q_full);
+}
+
+// The consumers of that part, before their staged epilogue of sequence i: the weights of the
+// two pieces (DESIGN.md section 3) for this thread's rows r0, r0 + 8, from this piece's lse_r and
+// the other's (in its rows' padding in sbuf, load_other_piece; q_full's phase `parity`). inv
+// becomes this piece's scale, wb the other's, and lse_r the merged lse: stage_rows_16bit<Elem,
+// true> then stages the merged rows.
+__device__ __forceinline__ void merge_weights(float (&inv)[2], float (&lse_r)[2], float (&wb)[2], uint32_t sbuf,
+                                              uint32_t bar, uint32_t parity, int r0) {
+  mbar_wait(bar, parity);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float la = lse_r[h], lb = ld_shared_f32(sbuf + (r0 + 8 * h) * kORowBytes + kDV * 2);
+    const float mx = fmaxf(la, lb);
+    wb[h] = 0.f;
+    if (mx == -INFINITY) {  // no token in either piece: lse -inf, zeros
+      inv[h] = 0.f;
+    } else {
+      const float ea = __expf(la - mx), eb = __expf(lb - mx), is = 1.f / (ea + eb);
+      inv[h] *= ea * is;
+      wb[h] = eb * is;
+      lse_r[h] = mx + __logf(ea + eb);
+    }
+  }
+}
+
+// ---- More pieces (merges_split): row shares after the part's last sequence ----
 // The merge buffers: the Q tile and the KV stage that holds no staged O tile are free once the
 // part's last sequence is done (no further Q, no further block); kMergeRows rows of 1 KB.
 constexpr int kMergeRows = 2 * kTileBytes / (kDV * 2);  // 144
@@ -54,16 +106,9 @@ __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int til
                                                  uint32_t bar, uint32_t parity, float* sW, int tid) {
   const Meta& m = p.meta;
   const int word = split_count_word(i, gridDim.y, tile);
-  // 1. All ns partials written (each piece's store warp counts its partials once they are). (The
-  // wait is combine.cuh's wait_for_splits with ns - 1 arrivals and the trap out of line; they
-  // become one helper when this merge becomes the default and the combine is measured again.)
+  // 1. All ns partials written; the last participant past this wait resets both counts.
   if (tid == 0) {
-    const unsigned long long deadline = globaltimer_ns() + 10000000000ull;
-    while (ld_acquire_gpu(m.split_ready + word) < ns) {
-      __nanosleep(128);
-      if (globaltimer_ns() > deadline) merge_deadline_trap();
-    }
-    // the last participant past this wait resets both counts for the next call
+    wait_split_count(m.split_ready + word, ns);
     if (atomicAdd(m.combine_done + word, 1) == ns - 2) {
       m.split_ready[word] = 0;
       m.combine_done[word] = 0;

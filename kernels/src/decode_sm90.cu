@@ -10,7 +10,9 @@
 //   * a sequence cut over several parts is a split: its CTAs write partials (o in the out type,
 //     lse fp32) into the workspace and the combine kernel merges them (or, in a build with
 //     -DDISTMLA_MERGE_IN_DECODE=ON and with dsplit and 16-bit out, the decode CTAs whose piece
-//     ends their part: decode_merge.cuh); a sequence done by one CTA is written directly to out/lse.
+//     ends their part: decode_merge.cuh; a sequence split in two is merged in the first piece's
+//     registers and never leaves it as a partial); a sequence done by one CTA is written
+//     directly to out/lse.
 // The schedule is computed on the GPU from the device seqlens (schedule kernel), so a step
 // needs no host sync and can be captured in a CUDA graph.
 // Decode kernels (DISTMLA_DECODE_KERNEL selects; docs/PERFORMANCE.md has the measurements):

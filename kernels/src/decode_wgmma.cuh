@@ -156,7 +156,7 @@ __device__ __forceinline__ void exp_and_stage_p(const float (&s)[16], float (&ls
 // ---------------------------------------------------------------------------------------------
 constexpr int kPBytes = kBlockM * kBlockN * 2;  // 8 KB
 constexpr int kBarrierBytes = 256;  // the mbarriers below, 8 bytes each
-static_assert((kStages * kChunks + kStages + 2 + 3 * kStages) * 8 <= kBarrierBytes, "the kernel's mbarriers fit");
+static_assert((kStages * kChunks + kStages + 2 + 3 * kStages + 1) * 8 <= kBarrierBytes, "the kernel's mbarriers fit");
 constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + kBarrierBytes + 512 /*max*/ +
                            512 /*sum*/ + 1024 /*align*/;
 // desc_at's precondition: every operand address (the CTA's window, at most 1 KB reserved before
@@ -204,6 +204,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   const uint32_t q_full = empty0 + 8 * kStages, q_empty = q_full + 8;  // the Q tile's, likewise
   // per stage: the consumers' staged O tile is in it / has left it (stage_rows_16bit, o_store_warp)
   const uint32_t o_full0 = q_empty + 8, o_free0 = o_full0 + 8 * kStages;
+  // (merge build) every consumer thread is done with the Q tile of a sequence merged in registers
+  // (load_other_piece): the merge's bulk copies into the tile wait for each reader, not a warp's
+  // lane 0, so that racecheck sees every read ordered before them. After the stage_peer_free ones.
+  [[maybe_unused]] const uint32_t q_merge_free = o_free0 + 8 * 2 * kStages;
   DMLA_TRACE_NS(tid == 0, kTrEntryNs);
   DMLA_TRACE_COMBINE_RESET(tid == 0 && blockIdx.x == 0 && blockIdx.y == 0);
   DMLA_TRACE(tid == 0, kTrEntry);
@@ -216,6 +220,9 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     for (int s = 0; s < kStages; ++s) mbar_init(o_full0 + 8 * s, kOFullArrivals);
     for (int s = 0; s < kStages; ++s) mbar_init(o_free0 + 8 * s, 32);
     for (int s = 0; s < kStages; ++s) mbar_init(stage_peer_free(o_free0, s), 1);  // KV multicast
+#if DISTMLA_MERGE_IN_DECODE
+    mbar_init(q_merge_free, kThreads);
+#endif
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     fence_proxy_async();
   }
@@ -246,6 +253,13 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     if (tid == kThreads + 32) q_producer(q_map, sQ, q_full, q_empty, tile, seq_begin, seq_end);
     if (kDSplit && tid / 32 == kThreads / 32 + 2)
       o_store_warp<kDSplit>(p, sKV0, o_full0, o_free0, part, seq_begin, seq_end, lane);
+#if DISTMLA_MERGE_IN_DECODE
+    if (kDSplit && tid == kThreads + 32) {  // the Q producer, after its last Q tile
+      const int i = seq_end - 1;
+      if (merges_in_registers(p, m.seq_nsplit[i], part - m.seq_first_part[i]))
+        load_other_piece(p, i, m.seq_split_base[i] + 1, tile, sQ, q_full, q_merge_free);
+    }
+#endif
   } else {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
 
@@ -276,7 +290,12 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       nx_nb = m.seq_nblk[i + 1];
       nx_L = m.seq_len[i + 1];
     }
+#if DISTMLA_MERGE_IN_DECODE
+    const int ns = m.seq_nsplit[i];
+    const bool direct = ns <= 1;
+#else
     const bool direct = m.seq_nsplit[i] <= 1;
+#endif
     const int split_slot = part_split_slot(m, i, part);
 
     [[maybe_unused]] const bool tr = tid == 0 && nseq < 8;  // trace builds (decode_trace.cuh)
@@ -354,6 +373,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
         reg_fence(s);
       }
       if (n == e - 1) release_q();
+#if DISTMLA_MERGE_IN_DECODE
+      // (a == 0: this part holds the first piece, see the epilogue)
+      if (n == e - 1 && merges_in_registers(p, ns, a == 0 ? 0 : 1)) mbar_arrive(q_merge_free);
+#endif
 
       // ---- mask, P at the running base, a vote; the maxima only when the vote asks ----
       // The base of a row's exponents (mrow, log2 domain) need not be its maximum, only shared by
@@ -480,8 +503,19 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     const size_t slot = static_cast<size_t>(split_slot);
     if (staged_epilogue<kDSplit>(p, a, e)) {
       const int last = (consumed - 1) % kStages;
+#if DISTMLA_MERGE_IN_DECODE
+      // A two-piece sequence whose first piece is this part's (a == 0; then it is the part's last
+      // sequence, and its epilogue staged: the piece has a block, and merging needs 16-bit out):
+      // the other piece's rows, on q_full's phase after this sequence's Q tile, merged in.
+      float wb[2] = {0.f, 0.f};
+      const bool merge = merges_in_registers(p, ns, a == 0 ? 0 : 1);
+      if (merge) merge_weights(inv, lse_r, wb, sQ, q_full, (nseq + 1) & 1, r0);
+      stage_rows_16bit<Elem, true>(p, o, inv, lse_r, tile, r0, wg, warp_in_wg, lane, sKV0 + last * kTileBytes,
+                                   o_full0 + 8 * last, merge ? sQ : 0u, wb);
+#else
       stage_rows_16bit<Elem>(p, o, inv, lse_r, tile, r0, wg, warp_in_wg, lane, sKV0 + last * kTileBytes,
                              o_full0 + 8 * last);
+#endif
     } else {
       write_rows<Elem>(p, o, inv, lse_r, i, tile, r0, cq, wg, lane, direct, slot);
       if (!direct) {  // a split: counted for the combine once every thread's rows are written
@@ -494,10 +528,10 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     DMLA_TRACE_MAX(lane == 0 && nseq < 8, kTrSeq + 8 * nseq + kSeqLastWarp);
     ++nseq;
   }
-  // (Build option DISTMLA_MERGE_IN_DECODE) The part's last sequence, if it is a split sequence
-  // whose piece ends the part: merge this CTA's share of its rows. The Q tile, the stage without
-  // the staged O tile and the P tile are free now; q_full, armed once a sequence so far, takes the
-  // merge's copies. (Its schedule entries are read again here rather than carried through the
+  // (Build option DISTMLA_MERGE_IN_DECODE) The part's last sequence, if it is split in three or
+  // more and its piece here ends the part: merge this CTA's share of its rows. The Q tile, the
+  // stage without the staged O tile and the P tile are free now; q_full, armed once a sequence so
+  // far, takes the merge's copies. (Its schedule entries are read again here rather than carried through the
   // block loop's registers.)
 #if DISTMLA_MERGE_IN_DECODE
   if (kDSplit && p.merge_splits) {

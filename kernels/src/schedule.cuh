@@ -168,4 +168,20 @@ __device__ __forceinline__ int part_split_slot(const Meta& m, int i, int p) {
 // The word of Meta::split_ready (and combine_done) that counts sequence i's row tile `tile`.
 __device__ __forceinline__ int split_count_word(int i, int tiles, int tile) { return i * tiles + tile; }
 
+#if DISTMLA_MERGE_IN_DECODE
+// (Build option) Who merges a split sequence's partials inside the decode (decode_merge.cuh). A
+// sequence split over ns parts pf .. pf + ns - 1 has one piece a part; every piece but the last
+// ends its part, and the last starts its part (so it is done early). Participant k = part - pf.
+// Two pieces: the first part's CTA merges the other piece's partial into its registers before
+// its epilogue and writes the sequence's rows directly; its own partial never leaves it.
+__device__ __forceinline__ bool merges_in_registers(const Params& p, int ns, int k) {
+  return p.merge_splits && ns == 2 && k == 0;
+}
+// More: the CTAs of parts pf .. pf + ns - 2 (which finish together at the end of the kernel) each
+// merge a share of the rows from all ns partials after their last sequence.
+__device__ __forceinline__ bool merges_split(const Params& p, int ns, int k) {
+  return p.merge_splits && ns > 2 && k < ns - 1;
+}
+#endif
+
 }  // namespace distmla::kernels::detail
