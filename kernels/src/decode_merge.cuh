@@ -10,26 +10,10 @@
 
 #include "decode_epilogue.cuh"
 #include "decode_layout.cuh"
-#include "globaltimer.cuh"
 #include "ptx.cuh"
 #include "schedule.cuh"
 
 namespace distmla::kernels::detail {
-
-// The trap of a deadline that should never expire, out of line: inlined, the trap made ptxas
-// spill 3 KB of the consumers' registers.
-static __device__ __noinline__ void merge_deadline_trap() { __trap(); }
-
-// Waits (this thread) until the word `count` of Meta::split_ready reaches `target`: each piece's
-// store warp counts its partial once it is written. (combine.cuh's wait_for_splits with the trap
-// out of line; they become one helper when the combine is measured again.)
-__device__ __forceinline__ void wait_split_count(const int* count, int target) {
-  const unsigned long long deadline = globaltimer_ns() + 10000000000ull;
-  while (ld_acquire_gpu(count) < target) {
-    __nanosleep(128);
-    if (globaltimer_ns() > deadline) merge_deadline_trap();
-  }
-}
 
 // ---- Two pieces (merges_in_registers) ----
 // The Q producer thread of the first part of two-piece sequence i (its last), once it has loaded

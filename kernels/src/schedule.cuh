@@ -4,6 +4,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "decode_layout.cuh"
+#include "globaltimer.cuh"
 #include "ptx.cuh"
 
 namespace distmla::kernels::detail {
@@ -167,6 +168,20 @@ __device__ __forceinline__ int part_split_slot(const Meta& m, int i, int p) {
 }
 // The word of Meta::split_ready (and combine_done) that counts sequence i's row tile `tile`.
 __device__ __forceinline__ int split_count_word(int i, int tiles, int tile) { return i * tiles + tile; }
+
+// The trap of a count that never comes (a bug), out of line: inlined into the decode's merge,
+// the trap made ptxas spill 3 KB of the consumers' registers.
+static __device__ __noinline__ void split_count_trap() { __trap(); }
+// This thread waits until the count of split partials *count (a word of Meta::split_ready: each
+// piece's writer adds 1 once its partial is written) reaches target; past a 10 s deadline it
+// traps instead of hanging the stream.
+__device__ __forceinline__ void wait_split_count(const int* count, int target) {
+  const unsigned long long deadline = globaltimer_ns() + 10000000000ull;
+  while (ld_acquire_gpu(count) < target) {
+    __nanosleep(256);
+    if (globaltimer_ns() > deadline) split_count_trap();
+  }
+}
 
 #if DISTMLA_MERGE_IN_DECODE
 // (Build option) Who merges a split sequence's partials inside the decode (decode_merge.cuh). A
