@@ -531,8 +531,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
   // (Build option DISTMLA_MERGE_IN_DECODE) The part's last sequence, if it is split in three or
   // more and its piece here ends the part: merge this CTA's share of its rows. The Q tile, the
   // stage without the staged O tile and the P tile are free now; q_full, armed once a sequence so
-  // far, takes the merge's copies. (Its schedule entries are read again here rather than carried through the
-  // block loop's registers.)
+  // far, takes the merge's copies. (Its schedule entries are read again here rather than carried
+  // through the block loop's registers.)
 #if DISTMLA_MERGE_IN_DECODE
   if (kDSplit && p.merge_splits) {
     const int i = seq_end - 1, ns = m.seq_nsplit[i], k = part - m.seq_first_part[i];
