@@ -128,7 +128,7 @@ __device__ __forceinline__ void o_store_warp(const Params& p, uint32_t sKV0, uin
     if (!staged_epilogue<kDSplit>(p, a, e)) continue;
 #if DISTMLA_MERGE_IN_DECODE
     // (a two-piece sequence merged in this part's registers goes straight to out)
-    const bool direct = m.seq_nsplit[i] <= 1 || merges_in_registers(p, m.seq_nsplit[i], part - m.seq_first_part[i]);
+    const bool direct = m.seq_nsplit[i] <= 1 || part_merges_in_registers(p, i, part);
 #else
     const bool direct = m.seq_nsplit[i] <= 1;
 #endif

@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
 #if DISTMLA_MERGE_IN_DECODE
     if (kDSplit && tid == kThreads + 32) {  // the Q producer, after its last Q tile
       const int i = seq_end - 1;
-      if (merges_in_registers(p, m.seq_nsplit[i], part - m.seq_first_part[i]))
+      if (part_merges_in_registers(p, i, part))
         load_other_piece(p, i, m.seq_split_base[i] + 1, tile, sQ, q_full, q_merge_free);
     }
 #endif

@@ -192,6 +192,10 @@ __device__ __forceinline__ void wait_split_count(const int* count, int target) {
 __device__ __forceinline__ bool merges_in_registers(const Params& p, int ns, int k) {
   return p.merge_splits && ns == 2 && k == 0;
 }
+// The same for sequence i in `part`, from the schedule's entries (the producer and store warps).
+__device__ __forceinline__ bool part_merges_in_registers(const Params& p, int i, int part) {
+  return merges_in_registers(p, p.meta.seq_nsplit[i], part - p.meta.seq_first_part[i]);
+}
 // More: the CTAs of parts pf .. pf + ns - 2 (which finish together at the end of the kernel) each
 // merge a share of the rows from all ns partials after their last sequence.
 __device__ __forceinline__ bool merges_split(const Params& p, int ns, int k) {
