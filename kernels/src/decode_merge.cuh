@@ -78,6 +78,39 @@ constexpr bool merge_rows_fit() {
 }
 static_assert(merge_rows_fit(), "every participant's rows of every split fit the two merge buffers");
 
+// Step 3 of merge_split_rows for loaded row j (global row gr of sequence i): its splits'
+// log-sum-exp weights (DESIGN.md section 3), normalised, into sW[kMergeRows + s * nr + j] (from
+// the lse at sW[s * nr + j]; 0 for a split without tokens), and its lse to p.lse. kWarp: the 32
+// lanes of a warp share the row, lane taking splits lane, lane + 32, ..; else one thread.
+template <bool kWarp>
+__device__ __forceinline__ void merge_row_weights(const Params& p, int i, int gr, float* sW, int nr, int ns, int j,
+                                                  int lane) {
+  const int s0 = kWarp ? lane : 0, ds = kWarp ? 32 : 1;
+  float mx = -INFINITY;
+#pragma unroll 1
+  for (int s = s0; s < ns; s += ds) mx = fmaxf(mx, sW[s * nr + j]);
+  if (kWarp) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  }
+  float sum = 0.f;
+  if (mx != -INFINITY)
+#pragma unroll 1
+    for (int s = s0; s < ns; s += ds) sum += __expf(sW[s * nr + j] - mx);
+  if (kWarp) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  }
+  const bool empty = mx == -INFINITY || !(sum > 0.f);
+  const float inv = empty ? 0.f : 1.f / sum;
+#pragma unroll 1
+  for (int s = s0; s < ns; s += ds) {
+    const float l = sW[s * nr + j];
+    sW[kMergeRows + s * nr + j] = empty || l == -INFINITY ? 0.f : __expf(l - mx) * inv;
+  }
+  if (!kWarp || lane == 0) p.lse[out_row(p, i, gr).lse] = empty ? -INFINITY : mx + __logf(sum);
+}
+
 // The consumers (256 threads, tid) of a participant (see above) after their last sequence i's
 // staged epilogue: wait for the ns partials of row tile `tile`, load the participant's rows of
 // each into smem (bulk copies on mbarrier `bar`, phase `parity`), then per row the log-sum-exp
@@ -132,47 +165,11 @@ __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int til
   constexpr int kFew = 8;
   if (ns <= kFew) {
 #pragma unroll 1
-    for (int j = tid; j < nr; j += kThreads) {
-      float mx = -INFINITY;
-#pragma unroll 1
-      for (int s = 0; s < ns; ++s) mx = fmaxf(mx, sW[s * nr + j]);
-      float sum = 0.f;
-      if (mx != -INFINITY)
-#pragma unroll 1
-        for (int s = 0; s < ns; ++s) sum += __expf(sW[s * nr + j] - mx);
-      const bool empty = mx == -INFINITY || !(sum > 0.f);
-      const float inv = empty ? 0.f : 1.f / sum;
-#pragma unroll 1
-      for (int s = 0; s < ns; ++s) {
-        const float l = sW[s * nr + j];
-        sW[kMergeRows + s * nr + j] = empty || l == -INFINITY ? 0.f : __expf(l - mx) * inv;
-      }
-      p.lse[out_row(p, i, static_cast<int>(row0) + j).lse] = empty ? -INFINITY : mx + __logf(sum);
-    }
+    for (int j = tid; j < nr; j += kThreads) merge_row_weights<false>(p, i, static_cast<int>(row0) + j, sW, nr, ns, j, 0);
   } else {
-    const int warp = tid / 32, lane = tid % 32;
 #pragma unroll 1
-    for (int j = warp; j < nr; j += kThreads / 32) {
-      float mx = -INFINITY;
-#pragma unroll 1
-      for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, sW[s * nr + j]);
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      float sum = 0.f;
-      if (mx != -INFINITY)
-#pragma unroll 1
-        for (int s = lane; s < ns; s += 32) sum += __expf(sW[s * nr + j] - mx);
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      const bool empty = mx == -INFINITY || !(sum > 0.f);
-      const float inv = empty ? 0.f : 1.f / sum;
-#pragma unroll 1
-      for (int s = lane; s < ns; s += 32) {
-        const float l = sW[s * nr + j];
-        sW[kMergeRows + s * nr + j] = empty || l == -INFINITY ? 0.f : __expf(l - mx) * inv;
-      }
-      if (lane == 0) p.lse[out_row(p, i, static_cast<int>(row0) + j).lse] = empty ? -INFINITY : mx + __logf(sum);
-    }
+    for (int j = tid / 32; j < nr; j += kThreads / 32)
+      merge_row_weights<true>(p, i, static_cast<int>(row0) + j, sW, nr, ns, j, tid % 32);
   }
   consumer_sync();
   mbar_wait(bar, parity);

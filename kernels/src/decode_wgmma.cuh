@@ -290,12 +290,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
       nx_nb = m.seq_nblk[i + 1];
       nx_L = m.seq_len[i + 1];
     }
-#if DISTMLA_MERGE_IN_DECODE
-    const int ns = m.seq_nsplit[i];
+    [[maybe_unused]] const int ns = m.seq_nsplit[i];  // (the merge build's epilogue reads it too)
     const bool direct = ns <= 1;
-#else
-    const bool direct = m.seq_nsplit[i] <= 1;
-#endif
     const int split_slot = part_split_slot(m, i, part);
 
     [[maybe_unused]] const bool tr = tid == 0 && nseq < 8;  // trace builds (decode_trace.cuh)
