@@ -54,13 +54,9 @@ __device__ __forceinline__ void wait_for_splits(const Params& p, int i, int ns) 
   const int tile = blockIdx.y * kRowsPerCta / kBlockM;
   const int idx = split_count_word(i, (p.rows + kBlockM - 1) / kBlockM, tile);
   if (threadIdx.x == 0) {
-    wait_split_count(p.meta.split_ready + idx, ns);
     const int first = tile * kBlockM / kRowsPerCta;
     const int end = (min((tile + 1) * kBlockM, p.rows) + kRowsPerCta - 1) / kRowsPerCta;
-    if (atomicAdd(p.meta.combine_done + idx, 1) == end - first - 1) {
-      p.meta.split_ready[idx] = 0;
-      p.meta.combine_done[idx] = 0;
-    }
+    wait_split_count_and_reset(p.meta, idx, ns, end - first);  // the row tile's CTAs
   }
   __syncthreads();
 }

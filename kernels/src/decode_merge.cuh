@@ -124,13 +124,7 @@ __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int til
   const Meta& m = p.meta;
   const int word = split_count_word(i, gridDim.y, tile);
   // 1. All ns partials written; the last participant past this wait resets both counts.
-  if (tid == 0) {
-    wait_split_count(m.split_ready + word, ns);
-    if (atomicAdd(m.combine_done + word, 1) == ns - 2) {
-      m.split_ready[word] = 0;
-      m.combine_done[word] = 0;
-    }
-  }
+  if (tid == 0) wait_split_count_and_reset(m, word, ns, ns - 1);  // participants 0 .. ns - 2
   consumer_sync();
   // 2. This participant's share of the tile's valid rows.
   const int valid = min(kBlockM, p.rows - tile * kBlockM);

@@ -182,6 +182,16 @@ __device__ __forceinline__ void wait_split_count(const int* count, int target) {
     if (globaltimer_ns() > deadline) split_count_trap();
   }
 }
+// The same wait by one of `readers` threads (one a CTA) that read those partials, on word `word`
+// of Meta::split_ready; the last reader past the wait resets it and its Meta::combine_done count
+// for the next call.
+__device__ __forceinline__ void wait_split_count_and_reset(const Meta& m, int word, int target, int readers) {
+  wait_split_count(m.split_ready + word, target);
+  if (atomicAdd(m.combine_done + word, 1) == readers - 1) {
+    m.split_ready[word] = 0;
+    m.combine_done[word] = 0;
+  }
+}
 
 #if DISTMLA_MERGE_IN_DECODE
 // (Build option) Who merges a split sequence's partials inside the decode (decode_merge.cuh). A
