@@ -75,9 +75,11 @@ def main(path, blocks=False):
         q = lambda f: per[min(len(per) - 1, int(f * len(per)))]
         print("  block period: mean %.2f, p50 %.2f, p90 %.2f, p99 %.2f, max %.2f us (%d periods)"
               % (st.mean(per), q(0.5), q(0.9), q(0.99), per[-1], len(per)))
-    staged = [r for r in ctas if r[STORE_READ] > r[STORE_FULL] > 0 and r[SEQS] > 1]
+    # the first sequence's last block (uniform lengths); its stage's refill is block k0 + 2, whose
+    # issue is stamped only below block 48 (slot 248 on is another field)
+    k0 = lambda r: int(r[BLOCKS] / r[SEQS]) - 1
+    staged = [r for r in ctas if r[STORE_READ] > r[STORE_FULL] > 0 and r[SEQS] > 1 and k0(r) + 2 < 48]
     if staged:  # the first sequence's staged O tile and the refill of its stage (block k0 + 2)
-        k0 = lambda r: min(47, int(r[BLOCKS] / r[SEQS])) - 1  # the first sequence's last block (uniform lengths)
         print("  first staged tile (%d CTAs): o_full seen %.2f us after its P V, copies read %.2f later, "
               "the stage's refill issued %.2f later"
               % (len(staged), st.median(us(r[STORE_FULL] - r[BLK_DONE + k0(r)]) for r in staged),
