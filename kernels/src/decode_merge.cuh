@@ -26,10 +26,8 @@ namespace distmla::kernels::detail {
 __device__ __forceinline__ void load_other_piece(const Params& p, int i, int slot, int tile, uint32_t sQ,
                                                  uint32_t q_full, uint32_t merge_free) {
   const Meta& m = p.meta;
-  int* count = m.split_ready + split_count_word(i, gridDim.y, tile);
   mbar_wait(merge_free, 0);  // its only phase
-  wait_split_count(count, 1);
-  *count = 0;  // this thread is its only reader: reset for the next call
+  wait_split_count_and_reset(m, split_count_word(i, gridDim.y, tile), 1, 1);  // its only reader
   fence_proxy_async_global();  // the acquire, before the async proxy reads the partial
   const int valid = min(kBlockM, p.rows - tile * kBlockM);
   const size_t row0 = static_cast<size_t>(slot) * p.rows + static_cast<size_t>(tile) * kBlockM;
@@ -114,13 +112,13 @@ __device__ __forceinline__ void merge_row_weights(const Params& p, int i, int gr
 // The consumers (256 threads, tid) of a participant (see above) after their last sequence i's
 // staged epilogue: wait for the ns partials of row tile `tile`, load the participant's rows of
 // each into smem (bulk copies on mbarrier `bar`, phase `parity`), then per row the log-sum-exp
-// weights (DESIGN.md section 3) and the merged row to out / lse. sW: 2 * kMergeRows floats of smem
-// (the lse, then the weights, of each loaded row).
+// weights (DESIGN.md section 3) and the merged row to out / lse. buf0, buf1: the two merge
+// buffers; sW: 2 * kMergeRows floats of smem (the lse, then the weights, of each loaded row).
 static_assert(2 * kMergeRows * sizeof(float) <= kBlockM * kBlockN * 2, "sW fits the P tile");
 template <typename Elem>
 __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int tile, int ns, int split_base, int k,
-                                                 uint8_t* buf0, uint8_t* buf1, uint32_t sbuf0, uint32_t sbuf1,
-                                                 uint32_t bar, uint32_t parity, float* sW, int tid) {
+                                                 uint8_t* buf0, uint8_t* buf1, uint32_t bar, uint32_t parity,
+                                                 float* sW, int tid) {
   const Meta& m = p.meta;
   const int word = split_count_word(i, gridDim.y, tile);
   // 1. All ns partials written; the last participant past this wait resets both counts.
@@ -131,6 +129,9 @@ __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int til
   const int r_lo = valid * k / (ns - 1), nr = valid * (k + 1) / (ns - 1) - r_lo;  // rows merged here
   if (nr == 0) return;
   // Loaded row x = s * nr + j (split s, row r_lo + j) goes to buffer row x (buf0, then buf1).
+  auto buf_row = [&](int x) {
+    return x < kMergeRows / 2 ? buf0 + x * kDV * 2 : buf1 + (x - kMergeRows / 2) * kDV * 2;
+  };
   const int loads = ns * nr;
   const size_t row0 = static_cast<size_t>(tile) * kBlockM + r_lo;
   const uint16_t* part_o = static_cast<const uint16_t*>(m.part_o);
@@ -141,8 +142,8 @@ __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int til
 #pragma unroll 1
     for (int x = tid; x < loads; x += 32) {
       const int s = x / nr, j = x % nr;
-      const uint32_t dst = x < kMergeRows / 2 ? sbuf0 + x * kDV * 2 : sbuf1 + (x - kMergeRows / 2) * kDV * 2;
-      bulk_load(dst, part_o + ((static_cast<size_t>(split_base) + s) * p.rows + row0 + j) * kDV, kDV * 2, bar);
+      const uint16_t* src = part_o + ((static_cast<size_t>(split_base) + s) * p.rows + row0 + j) * kDV;
+      bulk_load(smem_u32(buf_row(x)), src, kDV * 2, bar);
     }
   }
   // the lse of every loaded row, while the copies fly
@@ -177,9 +178,7 @@ __device__ __forceinline__ void merge_split_rows(const Params& p, int i, int til
 #pragma unroll 4
     for (int s = 0; s < ns; ++s) {
       const float w = sW[kMergeRows + s * nr + j];
-      const int xr = s * nr + j;
-      const uint8_t* row = xr < kMergeRows / 2 ? buf0 + xr * kDV * 2 : buf1 + (xr - kMergeRows / 2) * kDV * 2;
-      const uint4 v = *reinterpret_cast<const uint4*>(row + g * 16);
+      const uint4 v = *reinterpret_cast<const uint4*>(buf_row(s * nr + j) + g * 16);
       const uint32_t u[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
       for (int q = 0; q < 4; ++q) {

@@ -534,8 +534,8 @@ __global__ void __launch_bounds__(kThreadsV3, 1)
     const int i = seq_end - 1, ns = m.seq_nsplit[i], k = part - m.seq_first_part[i];
     if (merges_split(p, ns, k)) {
       const int other = consumed % kStages;
-      merge_split_rows<Elem>(p, i, tile, ns, m.seq_split_base[i], k, gQ, gKV0 + other * kTileBytes, sQ,
-                             sKV0 + other * kTileBytes, q_full, nseq & 1, reinterpret_cast<float*>(gP), tid);
+      merge_split_rows<Elem>(p, i, tile, ns, m.seq_split_base[i], k, gQ, gKV0 + other * kTileBytes, q_full, nseq & 1,
+                             reinterpret_cast<float*>(gP), tid);
     }
   }
 #endif
